@@ -1,0 +1,215 @@
+"""What an op rule sees while the channel graph is built: axes of values, params, and verbs.
+
+Rules call ``tie``/``freeze``/``equal_count`` on element ids; they never touch union-find.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from ..trace import TensorSpec, Traced
+from .elements import Axis, Comp, ElementSpace, axis_ids, plain_axis
+
+Axes = list[Axis]
+
+
+@dataclass
+class ParamInfo:
+    """A parameter or buffer: one plain axis per dim and who reads it how."""
+
+    qualname: str
+    shape: tuple[int, ...]
+    axes: Axes
+    roles: dict[int, str] = field(default_factory=dict)  # dim -> "out" (producer) / "in" / "norm"
+    order: dict[int, Axis] = field(default_factory=dict)  # dim -> tensor axis whose order it follows
+    custom: bool = False  # the rule's rewrite builds the new tensor itself
+
+
+@dataclass
+class Consumer:
+    """Slices of a param that read channels: zeroed by verify for removed units."""
+
+    qualname: str
+    dims: tuple[int, ...]
+    ids: np.ndarray  # element ids, shape = param.shape[dims]
+
+
+@dataclass
+class EqualCount:
+    """Every row of ``blocks`` (element ids) must keep the same number of positions."""
+
+    blocks: np.ndarray
+    reason: str
+    node: str
+
+
+class AnalysisContext:
+    def __init__(self, traced: Traced):
+        self.traced = traced
+        self.gm = traced.gm
+        self.values = traced.values
+        self.space = ElementSpace()
+        self.modules = dict(self.gm.named_modules())
+        self.axes: dict[str, Any] = {}
+        self.params: dict[str, ParamInfo] = {}
+        self.consumers: list[Consumer] = []
+        self.constraints: list[EqualCount] = []
+        self.node: fx.Node | None = None
+        self.rule_of: dict[str, Any] = {}
+
+    # ---- values -----------------------------------------------------------------------
+    def value(self, arg: Any) -> Any:
+        if isinstance(arg, fx.Node):
+            return self.values.get(arg.name)
+        return arg
+
+    def is_tensor(self, arg: Any) -> bool:
+        return isinstance(self.value(arg), TensorSpec)
+
+    def shape(self, arg: Any) -> tuple[int, ...]:
+        v = self.value(arg)
+        if isinstance(v, TensorSpec):
+            return v.shape
+        if isinstance(v, torch.Tensor):
+            return tuple(v.shape)
+        return ()
+
+    def out_shape(self) -> tuple[int, ...]:
+        return self.shape(self.node)
+
+    def axes_of(self, arg: Any) -> Axes:
+        """Axes of a tensor argument; a constant tensor gets fresh frozen axes."""
+        if isinstance(arg, fx.Node):
+            got = self.axes.get(arg.name)
+            if isinstance(got, list):
+                return got
+        return self.fresh(self.shape(arg), frozen="constant tensor")
+
+    # ---- making axes ------------------------------------------------------------------
+    def fresh(self, shape: tuple[int, ...], frozen: str | None = None) -> Axes:
+        out = [plain_axis(self.space.alloc(n)) for n in shape]
+        if frozen:
+            for ax in out:
+                self.freeze(ax, frozen)
+        return out
+
+    def param(self, qualname: str) -> ParamInfo:
+        info = self.params.get(qualname)
+        if info is None:
+            t = self.gm.get_parameter(qualname) if _is_param(self.gm, qualname) else (
+                self.gm.get_buffer(qualname))
+            shape = tuple(t.shape)
+            info = ParamInfo(qualname, shape, [plain_axis(self.space.alloc(n)) for n in shape])
+            self.params[qualname] = info
+        return info
+
+    def module_params(self, target: str) -> dict[str, ParamInfo]:
+        """Params and buffers of a called module, by local name (None entries skipped)."""
+        mod = self.modules[target]
+        out = {}
+        for local, t in list(mod.named_parameters(recurse=False)) + list(
+            mod.named_buffers(recurse=False)
+        ):
+            if t is not None and t.dim() > 0:
+                out[local] = self.param(f"{target}.{local}" if target else local)
+        return out
+
+    # ---- verbs ------------------------------------------------------------------------
+    def ids(self, ax: Axis, keep_order: bool = False) -> np.ndarray:
+        """Element ids along a tensor dim.
+
+        A ragged comp is collapsed unless the caller is order-aware (``keep_order``) and the
+        axis covers the whole comp: then the rewrite follows the comp's compacted order.
+        """
+        comp = ax.comp
+        if comp.is_ragged and not (keep_order and ax.full):
+            carrier = comp.ragged if comp.ragged in ax.ldims else ax.ldims[0]
+            self.space.collapse(comp, carrier)
+        if ax.full:
+            return axis_ids(ax)
+        # a partial dim of a product-shaped comp: one representative per coordinate
+        car = comp.carrier
+        if len(ax.ldims) == 1 and ax.ldims[0] == car:
+            return np.moveaxis(comp.ids, car, 0).reshape(comp.ids.shape[car], -1)[:, 0]
+        fresh = self.space.alloc(ax.size)  # a factor that keeps its size
+        self.space.freeze(fresh, "factor of a reshaped dim", self._where())
+        if car is not None and car in ax.ldims:  # mixed partial use: keep the whole comp
+            self.space.tie_all(comp.ids)
+            self.space.freeze(comp.ids.reshape(-1)[:1], "mixed use of a reshaped dim", self._where())
+        return fresh
+
+    def tie(self, a: Axis, b: Axis) -> None:
+        if a.comp is b.comp and a.ldims == b.ldims:
+            return
+        if a.size != b.size:
+            raise AssertionError(f"tie of sizes {a.size} and {b.size} at {self._where()}")
+        self.space.tie(self.ids(a), self.ids(b))
+
+    def tie_ids(self, a: np.ndarray, b: np.ndarray) -> None:
+        self.space.tie(a, b)
+
+    def freeze(self, ax: Axis | np.ndarray, reason: str) -> None:
+        ids = self.ids(ax) if isinstance(ax, Axis) else ax
+        self.space.freeze(ids, reason, self._where())
+
+    def freeze_all(self, reason: str) -> None:
+        """An op fxprune does not understand: every axis it touches keeps all its elements."""
+        for arg in _flat_args(self.node):
+            if self.is_tensor(arg):
+                for ax in self.axes_of(arg):
+                    self.freeze(ax, reason)
+        for ax in _flat_axes(self.axes.get(self.node.name)):
+            self.freeze(ax, reason)
+
+    def equal_count(self, blocks: np.ndarray, reason: str) -> None:
+        if blocks.shape[0] > 1 and blocks.shape[1] > 0:
+            self.constraints.append(EqualCount(np.asarray(blocks), reason, self._where()))
+
+    def consumer(self, qualname: str, dims: tuple[int, ...], ids: np.ndarray) -> None:
+        self.consumers.append(Consumer(qualname, dims, ids))
+
+    def link(self, info: ParamInfo, dim: int, ax: Axis, role: str) -> None:
+        """Tie a param dim to a tensor axis; the param's pruned order follows the tensor's."""
+        ids = self.ids(ax, keep_order=True)
+        self.space.tie(info.axes[dim].comp.ids, ids)
+        info.roles.setdefault(dim, role)
+        if ax.comp.is_ragged:
+            info.order[dim] = ax
+        if role == "in":
+            self.consumer(info.qualname, (dim,), info.axes[dim].comp.ids)
+
+    def set_out(self, axes: Any) -> None:
+        self.axes[self.node.name] = axes
+
+    def _where(self) -> str:
+        return self.node.name if self.node is not None else ""
+
+
+def _is_param(gm: torch.nn.Module, qualname: str) -> bool:
+    try:
+        gm.get_parameter(qualname)
+        return True
+    except AttributeError:
+        return False
+
+
+def _flat_args(node: fx.Node) -> list[Any]:
+    out: list[Any] = []
+    fx.node.map_aggregate((node.args, node.kwargs), lambda a: out.append(a) or a)
+    return out
+
+
+def _flat_axes(val: Any) -> list[Axis]:
+    if isinstance(val, list) and (not val or isinstance(val[0], Axis)):
+        return list(val)
+    if isinstance(val, (list, tuple)):
+        return [ax for v in val for ax in _flat_axes(v)]
+    return []
+
+
+__all__ = ["AnalysisContext", "Axes", "Comp", "Consumer", "EqualCount", "ParamInfo"]

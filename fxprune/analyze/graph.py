@@ -1,0 +1,184 @@
+"""The channel graph: units (what must go together), groups (what a ratio applies to),
+equal-count constraints, and the frozen set with its reasons."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..ops.table import rule_for
+from ..trace import Traced
+from .context import AnalysisContext, EqualCount, ParamInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Group:
+    """Units with the same members (e.g. one conv's output channels, or a residual stream)."""
+
+    gid: int
+    name: str
+    units: np.ndarray  # unit labels (root element ids), sorted by position on the leader axis
+    members: list[str]  # "param[dim]" slices touched
+    constraints: list[EqualCount] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return len(self.units)
+
+
+@dataclass
+class ChannelGraph:
+    ctx: AnalysisContext
+    labels: np.ndarray  # element id -> unit label
+    frozen_units: np.ndarray  # bool per element id (indexed by label)
+    frozen_reasons: list[tuple[str, str, int]]  # (node, reason, number of units)
+    groups: list[Group]
+    rules: dict[str, str]
+
+    @property
+    def traced(self) -> Traced:
+        return self.ctx.traced
+
+    @property
+    def params(self) -> dict[str, ParamInfo]:
+        return self.ctx.params
+
+    def unit_ids(self, ids: np.ndarray) -> np.ndarray:
+        return self.labels[ids]
+
+    def keep_mask(self, removed_units: np.ndarray) -> np.ndarray:
+        """Boolean per element id: kept unless its unit is removed."""
+        removed = np.zeros(len(self.labels), dtype=bool)
+        removed[removed_units] = True
+        return ~removed[self.labels]
+
+    def __str__(self) -> str:
+        lines = [f"ChannelGraph: {len(self.groups)} prunable groups, "
+                 f"{sum(g.size for g in self.groups)} units"]
+        for g in self.groups:
+            extra = f", {len(g.constraints)} equal-count constraint(s)" if g.constraints else ""
+            shown = ", ".join(g.members[:6]) + (" ..." if len(g.members) > 6 else "")
+            lines.append(f"  [{g.gid}] {g.name}: {g.size} units{extra}; members: {shown}")
+        if self.frozen_reasons:
+            lines.append("Frozen (kept whole):")
+            for node, reason, n in self.frozen_reasons:
+                lines.append(f"  {node or '-'}: {reason} ({n} units)")
+        return "\n".join(lines)
+
+
+def build(traced: Traced, ignore_units: list[np.ndarray] | None = None) -> ChannelGraph:
+    ctx = AnalysisContext(traced)
+    rules: dict[str, str] = {}
+    for node in traced.gm.graph.nodes:
+        ctx.node = node
+        rule = rule_for(node, ctx.modules)
+        try:
+            rule.analyze(ctx, node)
+        except Exception as exc:  # noqa: BLE001 - a rule that cannot cope freezes, never guesses
+            log.debug("rule %s failed on %s: %s", rule.name, node.name, exc)
+            from ..ops.base import Unknown
+
+            ctx.axes.pop(node.name, None)
+            Unknown().analyze(ctx, node)
+            rule = Unknown()
+        rules[node.name] = rule.name
+    for info in ctx.params.values():
+        for dim, ax in enumerate(info.axes):
+            if dim not in info.roles:  # kernel dims and dims no op reads as channels
+                ctx.space.freeze(ax.comp.ids, "parameter dim that no rule slices", info.qualname)
+    space = ctx.space
+    labels = space.solve()
+    n = space.n
+    frozen = np.zeros(n, dtype=bool)
+    seen = np.zeros(n, dtype=bool)
+    reasons: dict[tuple[str, str], int] = {}
+    for fr in space.frozen:
+        lab = np.unique(labels[fr.ids])
+        new = lab[~seen[lab]]
+        seen[lab] = True
+        frozen[lab] = True
+        quiet = ("graph input", "parameter dim that no rule slices")
+        if new.size and fr.reason not in quiet and not fr.reason.startswith("spatial"):
+            reasons[(fr.node, fr.reason)] = reasons.get((fr.node, fr.reason), 0) + int(new.size)
+    constraints = _live_constraints(ctx)
+    groups = _group(ctx, labels, frozen, constraints)
+    return ChannelGraph(ctx, labels, frozen, [(a, b, c) for (a, b), c in reasons.items()],
+                        groups, rules)
+
+
+def _live_constraints(ctx: AnalysisContext) -> list[EqualCount]:
+    out = list(ctx.constraints)
+    for comp in ctx.space.comps:
+        if comp.is_ragged:
+            r = comp.ragged
+            lines = np.moveaxis(comp.ids, r, -1).reshape(-1, comp.ids.shape[r])
+            out.append(EqualCount(lines, "blocks of a reshaped dim", ""))
+    return out
+
+
+def _group(ctx: AnalysisContext, labels: np.ndarray, frozen: np.ndarray,
+           constraints: list[EqualCount]) -> list[Group]:
+    """Units with the same set of param slices form a group; constraints merge groups."""
+    keys, unit_of, names = [], [], []
+    for info in ctx.params.values():
+        for dim, ax in enumerate(info.axes):
+            lab = np.unique(labels[ax.comp.ids])
+            lab = lab[~frozen[lab]]
+            if lab.size:
+                unit_of.append(lab)
+                keys.append(np.full(lab.size, len(names), dtype=np.int64))
+                role = info.roles.get(dim, "")
+                names.append((f"{info.qualname}[{dim}]", role))
+    if not unit_of:
+        return []
+    units = np.concatenate(unit_of)
+    axis_idx = np.concatenate(keys)
+    rng = np.random.default_rng(0)
+    salt = rng.integers(1, 2**62, size=len(names), dtype=np.int64).astype(np.uint64)
+    uniq_units, inv = np.unique(units, return_inverse=True)
+    sig = np.zeros(len(uniq_units), dtype=np.uint64)
+    np.add.at(sig, inv, salt[axis_idx])
+    _, sig_group = np.unique(sig, return_inverse=True)
+    # union groups linked by a constraint
+    parent = list(range(int(sig_group.max()) + 1))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    lookup = np.full(len(labels), -1, dtype=np.int64)
+    lookup[uniq_units] = sig_group
+    attached: dict[int, list[EqualCount]] = {}
+    for c in constraints:
+        g = lookup[labels[c.blocks.reshape(-1)]]
+        g = np.unique(g[g >= 0])
+        for other in g[1:]:
+            parent[find(int(other))] = find(int(g[0]))
+        if g.size:
+            attached.setdefault(int(g[0]), []).append(c)
+    root = np.array([find(i) for i in range(len(parent))])
+    final = root[sig_group]
+    pair = np.unique(np.stack([final[inv], axis_idx]), axis=1)
+    pair_split = np.split(pair[1], np.flatnonzero(np.diff(pair[0])) + 1)
+    by_group = np.argsort(final, kind="stable")
+    unit_split = np.split(uniq_units[by_group], np.flatnonzero(np.diff(final[by_group])) + 1)
+    cons_of: dict[int, list[EqualCount]] = {}
+    for k, cs in attached.items():
+        cons_of.setdefault(int(root[k]), []).extend(cs)
+    groups: list[Group] = []
+    for gid, (r, touched, members_units) in enumerate(
+            zip(np.unique(final), pair_split, unit_split)):
+        member_names = [names[i][0] for i in touched]
+        producers = [names[i][0] for i in touched if names[i][1] == "out"]
+        groups.append(Group(gid, producers[0] if producers else member_names[0],
+                            np.sort(members_units), member_names, cons_of.get(int(r), [])))
+    groups.sort(key=lambda g: int(g.units[0]))
+    for gid, g in enumerate(groups):
+        g.gid = gid
+    return groups

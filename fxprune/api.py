@@ -1,0 +1,93 @@
+"""The public pipeline: trace -> analyze -> score -> select -> rewrite -> verify."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from .analyze.graph import ChannelGraph, build
+from .errors import VerificationError
+from .importance import Importance, get_importance
+from .ops.table import leaf_types
+from .passes import PruneChannels
+from .report import CompressResult, Report, count_flops, count_params
+from .select import Plan, select
+from .trace import trace
+from .verify import compare, masked_original
+
+
+def analyze(model: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor, *,
+            leaf_modules: Iterable[type | str] = (),
+            concrete_args: dict[str, Any] | None = None) -> ChannelGraph:
+    """Trace ``model`` and build its channel graph; ``print()`` it to see the groups."""
+    traced = trace(model, example_inputs, leaf_modules=tuple(leaf_modules) + leaf_types(),
+                   concrete_args=concrete_args)
+    return build(traced)
+
+
+def compress(
+    model: torch.nn.Module,
+    example_inputs: Sequence[Any] | torch.Tensor,
+    *,
+    ratio: float = 0.5,
+    importance: str | Importance = "l2",
+    ignore: Iterable = (),
+    ratios: Mapping[str, float] | None = None,
+    round_to: int = 1,
+    min_channels: int = 1,
+    global_ranking: bool = False,
+    plan: Plan | None = None,
+    verify: bool = True,
+    leaf_modules: Iterable[type | str] = (),
+    concrete_args: dict[str, Any] | None = None,
+) -> fx.GraphModule:
+    """Return a new, smaller GraphModule; ``model`` is not modified.
+
+    ``ratio`` is the fraction of each group's units removed (or of all units with
+    ``global_ranking``). ``plan`` replays a saved :class:`Plan` instead of selecting. With
+    ``verify`` (default) the result is checked against the masked original in float64 and
+    :class:`VerificationError` is raised on any mismatch. The Plan, the Report and the channel
+    graph are in ``gm.meta["fxprune"]``.
+    """
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    example_inputs = tuple(example_inputs)
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    graph = analyze(model, example_inputs, leaf_modules=leaf_modules,
+                    concrete_args=concrete_args)
+    times["analyze"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if plan is None:
+        scores = get_importance(importance).scores(graph)
+        plan = select(graph, scores, ratio=ratio, ratios=ratios, global_ranking=global_ranking,
+                      ignore=ignore, min_channels=min_channels, round_to=round_to)
+    removed = plan.removed_units(graph)
+    times["select"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    gm = PruneChannels(graph, removed)(graph.traced.gm).graph_module
+    gm.train(model.training)
+    times["rewrite"] = time.perf_counter() - t0
+    result = None
+    if verify:
+        t0 = time.perf_counter()
+        result = compare(masked_original(graph, removed), gm, example_inputs)
+        times["verify"] = time.perf_counter() - t0
+        if not result.ok:
+            raise VerificationError(
+                f"fxprune produced a model that differs from the masked original ({result}). "
+                "This is a bug in an op rule: please report it with the model. Workaround: "
+                "ignore=[...] the layers involved.")
+    report = Report(
+        params_before=count_params(graph.traced.gm), params_after=count_params(gm),
+        flops_before=count_flops(graph.traced.gm, example_inputs),
+        flops_after=count_flops(gm, example_inputs),
+        groups=plan.groups, frozen=graph.frozen_reasons, notes=plan.notes, verify=result,
+        timings=times)
+    gm.meta["fxprune"] = CompressResult(plan, report, graph, np.asarray(removed))
+    return gm

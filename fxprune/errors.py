@@ -1,0 +1,27 @@
+"""The errors fxprune raises: each names what failed and what to try."""
+
+from __future__ import annotations
+
+
+class FxPruneError(RuntimeError):
+    """Base class of every error fxprune raises on purpose."""
+
+
+class TraceError(FxPruneError):
+    """torch.fx could not trace the model, or shapes could not be propagated."""
+
+
+class AnalysisError(FxPruneError):
+    """The channel graph could not be built (an internal inconsistency, never a guess)."""
+
+
+class SelectionError(FxPruneError):
+    """The selection options cannot be met (bad ratio, unknown plan entry, ...)."""
+
+
+class RewriteError(FxPruneError):
+    """The rewritten module does not have the shapes the plan promised."""
+
+
+class VerificationError(FxPruneError):
+    """The pruned model does not match the masked original: fxprune refuses to return it."""

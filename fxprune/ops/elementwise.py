@@ -1,0 +1,108 @@
+"""Rules for graph boundaries, elementwise ops (with broadcasting) and non-tensor values."""
+
+from __future__ import annotations
+
+import torch.fx as fx
+
+from ..analyze.context import AnalysisContext
+from ..trace import TensorSpec
+from .base import Rule
+
+
+class Placeholder(Rule):
+    """Graph inputs are pinned: the pruned model takes the same inputs."""
+
+    name = "placeholder"
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        val = ctx.value(node)
+        if isinstance(val, TensorSpec):
+            ctx.set_out(ctx.fresh(val.shape, frozen="graph input"))
+        else:
+            ctx.set_out(None)
+
+
+class Output(Rule):
+    """Graph outputs are pinned: the pruned model returns the same shapes."""
+
+    name = "output"
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        def visit(a):
+            if isinstance(a, fx.Node) and ctx.is_tensor(a):
+                for ax in ctx.axes_of(a):
+                    ctx.freeze(ax, "graph output")
+            return a
+
+        fx.node.map_aggregate(node.args, visit)
+        ctx.set_out(None)
+
+
+class GetAttr(Rule):
+    """A parameter or buffer read directly; its axes are the parameter's own."""
+
+    name = "get_attr"
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        if ctx.is_tensor(node):
+            ctx.set_out(list(ctx.param(node.target).axes))
+        else:
+            ctx.set_out(None)
+
+
+class NonTensor(Rule):
+    """``size()``, ``shape``, ``dim()``: values, not channels. Their uses are checked by the
+    rewrite's shape check and by verify."""
+
+    name = "non_tensor"
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        if ctx.is_tensor(node):  # e.g. getattr(x, "mT"): not a size query
+            ctx.set_out(ctx.fresh(ctx.out_shape()))
+            ctx.freeze_all("tensor-valued attribute access")
+        else:
+            ctx.set_out(None)
+
+
+class Unary(Rule):
+    """Elementwise in its first tensor argument: output element i depends on input element i."""
+
+    name = "elementwise"
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        x = node.args[0] if node.args else next(iter(node.kwargs.values()))
+        xa = ctx.axes_of(x)
+        if ctx.shape(x) != ctx.out_shape():
+            ctx.set_out(ctx.fresh(ctx.out_shape()))
+            ctx.freeze_all("elementwise op changed the shape")
+            return
+        ctx.set_out(list(xa))
+
+
+class Broadcast(Rule):
+    """add/sub/mul/div/where/...: operands aligned from the right; a size-1 dim that broadcasts
+    corresponds to nothing (SE gating ``x * s.view(b, c, 1, 1)``)."""
+
+    name = "broadcast"
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        out_shape = ctx.out_shape()
+        rank = len(out_shape)
+        out: list = [None] * rank
+        operands = [a for a in list(node.args) + list(node.kwargs.values())
+                    if isinstance(a, fx.Node) and ctx.is_tensor(a)]
+        for a in operands:
+            shape = ctx.shape(a)
+            axes = ctx.axes_of(a)
+            for i, (n, ax) in enumerate(zip(shape, axes)):
+                j = rank - len(shape) + i
+                if n != out_shape[j] or (n == 1 and out[j] is not None):
+                    continue
+                if out[j] is None:
+                    out[j] = ax
+                else:
+                    ctx.tie(out[j], ax)
+        for j in range(rank):
+            if out[j] is None:  # every operand broadcasts here (or is a scalar)
+                out[j] = ctx.fresh((out_shape[j],))[0]
+        ctx.set_out(out)

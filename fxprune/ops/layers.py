@@ -1,0 +1,219 @@
+"""Rules for ops that own parameters: convolutions, linear, normalisations, PReLU."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from ..analyze.context import AnalysisContext
+from ..analyze.elements import plain_axis
+from .base import Rule, arg, set_arg
+
+
+def _param_arg(ctx: AnalysisContext, node: fx.Node, index: int, name: str, local: str):
+    """The ParamInfo behind a weight-like argument (module attribute or get_attr), or None."""
+    if node.op == "call_module":
+        mod = ctx.modules[node.target]
+        t = getattr(mod, local, None)
+        if isinstance(t, torch.Tensor) and t.dim() > 0:
+            return ctx.param(f"{node.target}.{local}")
+        return None
+    a = arg(node, index, name)
+    if isinstance(a, fx.Node) and a.op == "get_attr":
+        return ctx.param(a.target)
+    if isinstance(a, fx.Node) and ctx.is_tensor(a):
+        ctx.freeze_all(f"{name} is computed in the graph, not a parameter")
+        return None
+    return None
+
+
+class Conv(Rule):
+    """Conv{1,2,3}d: groups=1, depthwise (with channel multiplier) and grouped convolution.
+
+    Grouped conv needs no common positions across groups: each group keeps the same *count*
+    of input channels (equal-count constraint) and the weight is gathered per group.
+    """
+
+    name = "conv"
+
+    def __init__(self, transposed: bool = False):
+        self.transposed = transposed
+
+    def _groups(self, ctx: AnalysisContext, node: fx.Node) -> int:
+        if node.op == "call_module":
+            return int(ctx.modules[node.target].groups)
+        return int(arg(node, 7 if self.transposed else 6, "groups", 1))
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        x = node.args[0]
+        xa = ctx.axes_of(x)
+        w = _param_arg(ctx, node, 1, "weight", "weight")
+        b = _param_arg(ctx, node, 2, "bias", "bias")
+        out_shape = ctx.out_shape()
+        if w is None:
+            ctx.set_out(ctx.fresh(out_shape))
+            ctx.freeze_all("convolution weight is not a parameter")
+            return
+        nd = len(w.shape) - 2
+        cdim = len(xa) - nd - 1
+        out = list(xa[:cdim])
+        for ax in xa[cdim + 1:]:
+            ctx.freeze(ax, "spatial dim read by a convolution")
+        g = self._groups(ctx, node)
+        c_in = ctx.shape(x)[cdim]
+        c_out = out_shape[cdim]
+        in_pg, out_pg = c_in // g, c_out // g
+        xc = xa[cdim]
+        if g == 1:
+            ctx.link(w, 0 if self.transposed else 1, xc, "in")
+            oc = plain_axis(ctx.space.alloc(c_out))
+            ctx.link(w, 1 if self.transposed else 0, oc, "out")
+        elif in_pg == 1 and out_pg == 1:  # depthwise: channel c in, channel c out
+            oc = xc
+            ctx.link(w, 0, xc, "out")
+            ctx.freeze(w.axes[1], "depthwise weight dim")
+        elif in_pg == 1 and not self.transposed:  # depthwise with channel multiplier k
+            k = out_pg
+            ids = ctx.ids(xc)
+            oc = plain_axis(ctx.space.alloc(c_out))
+            ctx.tie_ids(np.repeat(ids, k), oc.comp.ids)
+            ctx.link(w, 0, oc, "out")
+            ctx.freeze(w.axes[1], "depthwise weight dim")
+        elif not self.transposed:  # grouped: equal counts per group, positions free
+            ids = ctx.ids(xc)
+            oc = plain_axis(ctx.space.alloc(c_out))
+            ctx.link(w, 0, oc, "out")
+            w.custom = True
+            ctx.freeze(w.axes[1], "grouped-conv weight dim (gathered per group)")
+            ctx.equal_count(ids.reshape(g, in_pg), "input channels of a grouped conv")
+            ctx.equal_count(oc.comp.ids.reshape(g, out_pg), "output channels of a grouped conv")
+            rows = np.arange(c_out) // out_pg
+            ctx.consumer(w.qualname, (0, 1), ids[rows[:, None] * in_pg + np.arange(in_pg)])
+        else:
+            ctx.set_out(ctx.fresh(out_shape))
+            ctx.freeze_all("grouped transposed convolution")
+            return
+        if b is not None:
+            ctx.link(b, 0, oc, "out")
+        out.append(oc)
+        out.extend(ctx.fresh(out_shape[cdim + 1:], frozen="spatial dim of a convolution"))
+        ctx.set_out(out)
+
+    def rewrite(self, rctx, node: fx.Node) -> None:
+        xa = rctx.axes_of(node.args[0])
+        w_name = rctx.weight_name(node, 1)
+        w = rctx.original(w_name)
+        nd = w.dim() - 2
+        cdim = len(xa) - nd - 1
+        g = self._groups(rctx, node)
+        c_in = rctx.old_shape(node.args[0])[cdim]
+        new_in = rctx.new_shape(node.args[0])[cdim]
+        new_out = rctx.new_shape(node)[cdim]
+        in_pg = c_in // g
+        new_g = g
+        if g > 1 and in_pg == 1:
+            new_g = new_in
+        elif g > 1:
+            pos = rctx.positions(xa[cdim]).reshape(g, -1)
+            if not (pos // in_pg == np.arange(g)[:, None]).all():
+                raise RuntimeError(f"grouped conv {node.name}: kept inputs cross group bounds")
+            out_pos = rctx.positions(rctx.axes_of(node)[cdim])
+            row_group = np.arange(len(out_pos)) // (len(out_pos) // g)
+            rows = torch.as_tensor(out_pos)
+            cols = torch.as_tensor((pos % in_pg)[row_group])
+            rctx.set_param(w_name, w[rows[:, None], cols])
+        if node.op == "call_module":
+            mod = rctx.module(node.target)
+            mod.groups = new_g
+            mod.in_channels = new_in
+            mod.out_channels = new_out
+        elif new_g != g:
+            set_arg(node, 7 if self.transposed else 6, "groups", new_g)
+
+
+class Linear(Rule):
+    name = "linear"
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        xa = ctx.axes_of(node.args[0])
+        w = _param_arg(ctx, node, 1, "weight", "weight")
+        b = _param_arg(ctx, node, 2, "bias", "bias")
+        out_shape = ctx.out_shape()
+        if w is None:
+            ctx.set_out(ctx.fresh(out_shape))
+            ctx.freeze_all("linear weight is not a parameter")
+            return
+        ctx.link(w, 1, xa[-1], "in")
+        oc = plain_axis(ctx.space.alloc(out_shape[-1]))
+        ctx.link(w, 0, oc, "out")
+        if b is not None:
+            ctx.link(b, 0, oc, "out")
+        ctx.set_out(list(xa[:-1]) + [oc])
+
+    def rewrite(self, rctx, node: fx.Node) -> None:
+        if node.op == "call_module":
+            mod = rctx.module(node.target)
+            mod.in_features = rctx.new_shape(node.args[0])[-1]
+            mod.out_features = rctx.new_shape(node)[-1]
+
+
+class ChannelNorm(Rule):
+    """BatchNorm / InstanceNorm / PReLU: per-channel parameters along dim 1, statistics per channel."""
+
+    name = "channel_norm"
+
+    def __init__(self, names: tuple[tuple[int, str], ...], attr: str | None):
+        self.names = names  # (functional arg index, name)
+        self.attr = attr  # module attribute holding the channel count
+
+    def _cdim(self, ctx, node) -> int:
+        return 1 if len(ctx.shape(node.args[0])) > 1 else 0
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        xa = ctx.axes_of(node.args[0])
+        cdim = self._cdim(ctx, node)
+        for index, name in self.names:
+            info = _param_arg(ctx, node, index, name, name)
+            if info is not None and info.shape[0] == ctx.shape(node.args[0])[cdim]:
+                ctx.link(info, 0, xa[cdim], "norm")
+        ctx.set_out(list(xa))
+
+    def rewrite(self, rctx, node: fx.Node) -> None:
+        if node.op == "call_module" and self.attr:
+            mod = rctx.module(node.target)
+            if getattr(mod, self.attr, 1) != 1:
+                setattr(mod, self.attr, rctx.new_shape(node)[self._cdim(rctx, node)])
+
+
+class GroupNorm(Rule):
+    """GroupNorm is exact only when whole groups go: the channels of a group form one unit."""
+
+    name = "group_norm"
+
+    def _groups(self, ctx, node) -> int:
+        if node.op == "call_module":
+            return int(ctx.modules[node.target].num_groups)
+        return int(arg(node, 1, "num_groups"))
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        xa = ctx.axes_of(node.args[0])
+        groups = self._groups(ctx, node)
+        ids = ctx.ids(xa[1]).reshape(groups, -1)
+        ctx.tie_ids(ids[:, :1], ids[:, 1:])
+        for index, name in ((2, "weight"), (3, "bias")):
+            info = _param_arg(ctx, node, index, name, name)
+            if info is not None:
+                ctx.link(info, 0, xa[1], "norm")
+        ctx.set_out(list(xa))
+
+    def rewrite(self, rctx, node: fx.Node) -> None:
+        old_c = rctx.old_shape(node.args[0])[1]
+        new_c = rctx.new_shape(node.args[0])[1]
+        per = old_c // self._groups(rctx, node)
+        if node.op == "call_module":
+            mod = rctx.module(node.target)
+            mod.num_groups = new_c // per
+            mod.num_channels = new_c
+        else:
+            set_arg(node, 1, "num_groups", new_c // per)

@@ -1,0 +1,442 @@
+"""Rules for ops that move, merge, split, slice or join dims; their literal sizes are rewritten."""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from ..analyze.context import AnalysisContext
+from ..analyze.elements import Axis, plain_axis
+from .base import Rule, arg, norm_dim, set_arg
+
+
+def dim_groups(s_in: tuple[int, ...], s_out: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:
+    """Minimal runs of input and output dims with equal products (size-1 dims stand alone)."""
+    groups: list[tuple[list[int], list[int]]] = []
+    i = j = 0
+    while i < len(s_in) or j < len(s_out):
+        if i < len(s_in) and s_in[i] == 1:
+            groups.append(([i], []))
+            i += 1
+            continue
+        if j < len(s_out) and s_out[j] == 1:
+            groups.append(([], [j]))
+            j += 1
+            continue
+        gi, gj = [i], [j]
+        pi, pj = s_in[i], s_out[j]
+        i, j = i + 1, j + 1
+        while pi != pj:
+            if pi < pj:
+                pi *= s_in[i]
+                gi.append(i)
+                i += 1
+            else:
+                pj *= s_out[j]
+                gj.append(j)
+                j += 1
+        groups.append((gi, gj))
+    return groups
+
+
+def _merge(ctx: AnalysisContext, axes: list[Axis]) -> Axis:
+    """One axis for several merged dims: a whole comp keeps its identity (and order);
+    independent dims merge onto a carrier (the outermost) and the inner ones keep their size."""
+    if len(axes) == 1:
+        return axes[0]
+    comp = axes[0].comp
+    ldims = tuple(ld for a in axes for ld in a.ldims)
+    if all(a.comp is comp for a in axes) and sorted(ldims) == list(range(comp.ids.ndim)):
+        return Axis(comp, ldims)
+    carrier = next((a for a in axes if a.comp.carrier in a.ldims and len(a.ldims) == 1), axes[0])
+    ids = ctx.ids(carrier)
+    pos = axes.index(carrier)
+    for a in axes:
+        if a is not carrier:
+            ctx.freeze(a, "merged into another dim by a reshape")
+    before = int(np.prod([a.size for a in axes[:pos]], dtype=np.int64))
+    after = int(np.prod([a.size for a in axes[pos + 1:]], dtype=np.int64))
+    return plain_axis(np.tile(np.repeat(ids, after), before))
+
+
+class Reshape(Rule):
+    """view/reshape/flatten/unflatten/squeeze/unsqueeze: merges and splits of dims.
+
+    A split makes a comp whose lines along the innermost factor keep equal counts (channel
+    shuffle, heads); merging the same comp back keeps element identity and order.
+    """
+
+    name = "reshape"
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        x = node.args[0]
+        xa = ctx.axes_of(x)
+        s_in, s_out = ctx.shape(x), ctx.out_shape()
+        out: list[Axis | None] = [None] * len(s_out)
+        for gi, gj in dim_groups(s_in, s_out):
+            for j in gj:
+                if s_out[j] == 1:
+                    out[j] = ctx.fresh((1,))[0]
+            gi = [i for i in gi if s_in[i] != 1]
+            gj = [j for j in gj if s_out[j] != 1]
+            if not gi or not gj:
+                continue
+            merged = _merge(ctx, [xa[i] for i in gi])
+            if len(gj) == 1:
+                out[gj[0]] = merged
+                continue
+            ids = ctx.ids(merged)
+            comp = ctx.space.new_comp(ids.reshape([s_out[j] for j in gj]), ragged=len(gj) - 1)
+            for t, j in enumerate(gj):
+                out[j] = Axis(comp, (t,))
+        ctx.set_out(out)
+
+    def rewrite(self, rctx, node: fx.Node) -> None:
+        new = rctx.new_shape(node)
+        old = rctx.old_shape(node)
+        if new == old:
+            return
+        target = node.target
+        if node.op == "call_module":
+            mod = rctx.module(node.target)
+            if hasattr(mod, "unflattened_size"):
+                d = norm_dim(mod.dim, len(new))
+                mod.unflattened_size = tuple(new[d:d + len(mod.unflattened_size)])
+            return
+        if target in ("view", "reshape") or target is torch.reshape:
+            shape_args = node.args[1:]
+            if len(shape_args) == 1 and isinstance(shape_args[0], (tuple, list)):
+                fixed = _fix_sizes(shape_args[0], new)
+                node.args = (node.args[0], type(shape_args[0])(fixed))
+            elif shape_args:
+                node.args = (node.args[0], *_fix_sizes(shape_args, new))
+            elif "shape" in node.kwargs:
+                set_arg(node, 1, "shape", tuple(_fix_sizes(node.kwargs["shape"], new)))
+        elif target in ("unflatten", torch.unflatten):
+            d = norm_dim(arg(node, 1, "dim"), len(old) - len(arg(node, 2, "sizes")) + 1)
+            sizes = arg(node, 2, "sizes")
+            set_arg(node, 2, "sizes", tuple(_fix_sizes(sizes, new[d:d + len(sizes)])))
+
+
+def _fix_sizes(sizes, new) -> list:
+    return [new[j] if isinstance(s, int) and s != -1 else s for j, s in enumerate(sizes)]
+
+
+class Permute(Rule):
+    name = "permute"
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        xa = ctx.axes_of(node.args[0])
+        n = len(xa)
+        t = node.target
+        rest = node.args[1:]
+        if t in ("permute", torch.permute):
+            perm = rest[0] if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else rest
+            if not rest:
+                perm = node.kwargs.get("dims")
+            perm = [norm_dim(int(p), n) for p in perm]
+        elif t in ("transpose", torch.transpose, "swapaxes", "swapdims"):
+            a = norm_dim(int(arg(node, 1, "dim0")), n)
+            b = norm_dim(int(arg(node, 2, "dim1")), n)
+            perm = list(range(n))
+            perm[a], perm[b] = perm[b], perm[a]
+        elif t in ("t", torch.t):
+            perm = list(range(n))[::-1]
+        else:  # movedim
+            src, dst = arg(node, 1, "source"), arg(node, 2, "destination")
+            perm = _movedim_perm(n, src, dst)
+        ctx.set_out([xa[p] for p in perm])
+
+
+def _movedim_perm(n: int, src, dst) -> list[int]:
+    src = [src] if isinstance(src, int) else list(src)
+    dst = [dst] if isinstance(dst, int) else list(dst)
+    order = list(range(n))
+    src = [norm_dim(s, n) for s in src]
+    dst = [norm_dim(d, n) for d in dst]
+    rest = [d for d in order if d not in src]
+    out = [-1] * n
+    for s, d in zip(src, dst):
+        out[d] = s
+    it = iter(rest)
+    return [o if o != -1 else next(it) for o in out]
+
+
+class Cat(Rule):
+    name = "cat"
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        tensors = [t for t in arg(node, 0, "tensors") if ctx.shape(t)]
+        d = norm_dim(int(arg(node, 1, "dim", 0)), len(ctx.out_shape()))
+        axes = [ctx.axes_of(t) for t in tensors]
+        out = list(axes[0])
+        for other in axes[1:]:
+            for k in range(len(out)):
+                if k != d:
+                    ctx.tie(out[k], other[k])
+        out[d] = plain_axis(np.concatenate([ctx.ids(a[d]) for a in axes]))
+        ctx.set_out(out)
+
+
+class Stack(Rule):
+    name = "stack"
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        tensors = list(arg(node, 0, "tensors"))
+        d = norm_dim(int(arg(node, 1, "dim", 0)), len(ctx.out_shape()))
+        axes = [ctx.axes_of(t) for t in tensors]
+        out = list(axes[0])
+        for other in axes[1:]:
+            for k in range(len(out)):
+                ctx.tie(out[k], other[k])
+        out.insert(d, ctx.fresh((len(tensors),), frozen="stacked dim")[0])
+        ctx.set_out(out)
+
+
+class Split(Rule):
+    """split/chunk/split_with_sizes: the pieces' sizes are recomputed (chunk becomes split)."""
+
+    name = "split"
+
+    def _dim(self, ctx, node) -> int:
+        return norm_dim(int(arg(node, 2, "dim", 0)), len(ctx.shape(node.args[0])))
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        xa = ctx.axes_of(node.args[0])
+        d = self._dim(ctx, node)
+        ids = ctx.ids(xa[d])
+        parts = []
+        start = 0
+        for spec in ctx.value(node):
+            n = spec.shape[d]
+            piece = list(xa)
+            piece[d] = plain_axis(ids[start:start + n])
+            parts.append(piece)
+            start += n
+        ctx.set_out(tuple(parts))
+
+    def rewrite(self, rctx, node: fx.Node) -> None:
+        d = self._dim(rctx, node)
+        mask = rctx.kept_mask(rctx.axes_of(node.args[0])[d])
+        bounds = np.cumsum([0] + [spec.shape[d] for spec in rctx.value(node)])
+        sizes = [int(mask[a:b].sum()) for a, b in zip(bounds[:-1], bounds[1:])]
+        if sizes == [int(b - a) for a, b in zip(bounds[:-1], bounds[1:])]:
+            return
+        if node.op == "call_method":
+            node.target = "split"
+        else:
+            node.target = torch.split
+        node.args = (node.args[0], sizes, d)
+        node.kwargs = {}
+
+
+class Unbind(Rule):
+    name = "unbind"
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        xa = ctx.axes_of(node.args[0])
+        d = norm_dim(int(arg(node, 1, "dim", 0)), len(xa))
+        ctx.freeze(xa[d], "unbound dim")
+        rest = [ax for k, ax in enumerate(xa) if k != d]
+        ctx.set_out(tuple(list(rest) for _ in range(ctx.shape(node.args[0])[d])))
+
+
+class Narrow(Rule):
+    name = "narrow"
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        xa = ctx.axes_of(node.args[0])
+        d = norm_dim(int(arg(node, 1, "dim")), len(xa))
+        start, length = int(arg(node, 2, "start")), int(arg(node, 3, "length"))
+        out = list(xa)
+        out[d] = plain_axis(ctx.ids(xa[d])[start:start + length])
+        ctx.set_out(out)
+
+    def rewrite(self, rctx, node: fx.Node) -> None:
+        xa = rctx.axes_of(node.args[0])
+        d = norm_dim(int(arg(node, 1, "dim")), len(xa))
+        start, length = int(arg(node, 2, "start")), int(arg(node, 3, "length"))
+        mask = rctx.kept_mask(xa[d])
+        set_arg(node, 2, "start", int(mask[:start].sum()))
+        set_arg(node, 3, "length", int(mask[start:start + length].sum()))
+
+
+class GetItem(Rule):
+    """``x[i]`` on tuples (split results) and basic tensor indexing with ints, slices, None and
+    Ellipsis; slice bounds along shrunk dims are recomputed, advanced indexing freezes."""
+
+    name = "getitem"
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        x, idx = node.args[0], node.args[1]
+        if not ctx.is_tensor(x):
+            got = ctx.axes.get(x.name) if isinstance(x, fx.Node) else None
+            if isinstance(got, (tuple, list)) and not (got and isinstance(got[0], Axis)) and (
+                    isinstance(idx, int)):
+                ctx.set_out(got[idx])
+            else:
+                ctx.set_out(None if not ctx.is_tensor(node) else ctx.fresh(ctx.out_shape()))
+                if ctx.is_tensor(node):
+                    ctx.freeze_all("item of an untracked container")
+            return
+        xa = ctx.axes_of(x)
+        plan = _index_plan(idx, ctx.shape(x))
+        if plan is None:
+            ctx.set_out(ctx.fresh(ctx.out_shape()))
+            ctx.freeze_all("advanced indexing")
+            return
+        out = []
+        for kind, d, sl in _flat_plan(plan):
+            if kind == "new":
+                out.extend(ctx.fresh((1,), frozen="new dim"))
+            elif kind == "int":
+                ctx.freeze(xa[d], "indexed by an integer")
+            elif kind == "full":
+                out.append(xa[d])
+            else:
+                start, stop, step = sl
+                ids = ctx.ids(xa[d])
+                if step != 1:
+                    ctx.freeze(xa[d], "strided slice")
+                out.append(plain_axis(ids[start:stop:step]))
+        ctx.set_out(out)
+
+    def rewrite(self, rctx, node: fx.Node) -> None:
+        x, idx = node.args[0], node.args[1]
+        if not rctx.is_tensor(x):
+            return
+        xa = rctx.axes_of(x)
+        plan = _index_plan(idx, rctx.old_shape(x))
+        items = list(idx) if isinstance(idx, tuple) else [idx]
+        changed = False
+        for k, entry in enumerate(plan):
+            kind, d, sl = entry if entry[0] != "ellipsis" else ("ellipsis", None, None)
+            if kind == "slice" and sl[2] == 1:
+                start, stop, _ = sl
+                mask = rctx.kept_mask(xa[d])
+                a = int(mask[:start].sum())
+                items[k] = slice(a, a + int(mask[start:stop].sum()))
+                changed = True
+        if changed:
+            node.args = (x, tuple(items) if isinstance(idx, tuple) else items[0])
+
+
+def _flat_plan(plan):
+    for entry in plan:
+        if entry[0] == "ellipsis":
+            yield from entry[1]
+        else:
+            yield entry
+
+
+def _index_plan(idx, shape):
+    """Per index item: (kind, input dim, (start, stop, step)); ("ellipsis", [entries]) for ...;
+    trailing dims not indexed come last as "full". None means advanced indexing."""
+    items = list(idx) if isinstance(idx, tuple) else [idx]
+    if any(isinstance(i, (fx.Node, list, bool, torch.Tensor)) for i in items):
+        return None
+    consumed = sum(1 for i in items if i is not None and i is not Ellipsis)
+    plan: list = []
+    d = 0
+    for i in items:
+        if i is None:
+            plan.append(("new", d, None))
+        elif i is Ellipsis:
+            span = [("full", d + k, None) for k in range(len(shape) - consumed)]
+            plan.append(("ellipsis", span, None))
+            d += len(span)
+        elif isinstance(i, int):
+            plan.append(("int", d, None))
+            d += 1
+        elif isinstance(i, slice):
+            if any(isinstance(v, fx.Node) for v in (i.start, i.stop, i.step)):
+                return None
+            start, stop, step = i.indices(shape[d])
+            kind = "full" if (start, stop, step) == (0, shape[d], 1) else "slice"
+            plan.append((kind, d, (start, stop, step)))
+            d += 1
+        else:
+            return None
+    while d < len(shape):
+        plan.append(("full", d, None))
+        d += 1
+    return plan
+
+
+class Expand(Rule):
+    """expand: broadcast dims follow the op's output; literal sizes are rewritten."""
+
+    name = "expand"
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        xa = ctx.axes_of(node.args[0])
+        s_in, s_out = ctx.shape(node.args[0]), ctx.out_shape()
+        lead = len(s_out) - len(s_in)
+        out = ctx.fresh(s_out[:lead], frozen="dim added by expand")
+        for i, ax in enumerate(xa):
+            out.append(ax if s_in[i] == s_out[lead + i] else ctx.fresh((s_out[lead + i],))[0])
+        ctx.set_out(out)
+
+    def rewrite(self, rctx, node: fx.Node) -> None:
+        new = rctx.new_shape(node)
+        rest = node.args[1:]
+        if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
+            node.args = (node.args[0], tuple(_fix_sizes(rest[0], new)))
+        else:
+            node.args = (node.args[0], *_fix_sizes(rest, new))
+
+
+class ExpandAs(Rule):
+    name = "expand_as"
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        xa, oa = ctx.axes_of(node.args[0]), ctx.axes_of(node.args[1])
+        s_in = ctx.shape(node.args[0])
+        lead = len(oa) - len(xa)
+        for i, ax in enumerate(xa):
+            if s_in[i] == ctx.out_shape()[lead + i]:
+                ctx.tie(ax, oa[lead + i])
+        ctx.set_out(list(oa))
+
+
+class Repeat(Rule):
+    """repeat/tile: output element k of a dim is input element k mod n (same positions)."""
+
+    name = "repeat"
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        xa = ctx.axes_of(node.args[0])
+        rest = node.args[1:]
+        reps = list(rest[0]) if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else list(
+            rest)
+        reps = [1] * (len(xa) - len(reps)) + reps
+        lead = len(reps) - len(xa)
+        out = ctx.fresh(tuple(reps[:lead]), frozen="dim added by repeat")
+        for ax, r in zip(xa, reps[lead:]):
+            out.append(ax if r == 1 else plain_axis(np.tile(ctx.ids(ax), int(r))))
+        ctx.set_out(out)
+
+
+class ChannelShuffle(Rule):
+    """channel_shuffle(x, g): a (g, C/g) split transposed and merged; every group keeps the same
+    count, positions may differ per group."""
+
+    name = "channel_shuffle"
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        xa = ctx.axes_of(node.args[0])
+        if node.op == "call_module":
+            g = int(ctx.modules[node.target].groups)
+        else:
+            g = int(arg(node, 1, "groups"))
+        ids = ctx.ids(xa[1])
+        comp = ctx.space.new_comp(ids.reshape(g, -1), ragged=1)
+        out = list(xa)
+        out[1] = Axis(comp, (1, 0))
+        ctx.set_out(out)
+
+
+GETITEM = operator.getitem

@@ -1,0 +1,79 @@
+"""Rules for pooling/resampling (channels pass, spatial dims fixed) and reductions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch.fx as fx
+
+from ..analyze.context import AnalysisContext
+from .base import Rule, arg, norm_dim
+
+
+class Spatial(Rule):
+    """Pooling and interpolation: the last ``nd`` dims are spatial, the rest pass through."""
+
+    name = "spatial"
+
+    def __init__(self, nd: int | None):
+        self.nd = nd  # None: every dim after the channel dim (interpolate)
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        x = node.args[0]
+        xa = ctx.axes_of(x)
+        out_shape = ctx.out_shape()
+        if len(out_shape) != len(xa) or not isinstance(ctx.value(node), type(ctx.value(x))):
+            ctx.set_out(ctx.fresh(out_shape))
+            ctx.freeze_all("pooling with extra outputs")
+            return
+        nd = self.nd if self.nd is not None else len(xa) - 2
+        keep = len(xa) - nd
+        for ax in xa[keep:]:
+            ctx.freeze(ax, "spatial dim of pooling")
+        ctx.set_out(list(xa[:keep]) + ctx.fresh(out_shape[keep:], frozen="spatial dim of pooling"))
+
+
+class Reduce(Rule):
+    """mean/sum/amax/...: reducing over a channel dim mixes channels, so that dim is frozen
+    (CBAM's channel mean/max). Reducing over one factor of a reshaped dim couples its blocks
+    (same positions in every block) instead of freezing."""
+
+    name = "reduce"
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        x = node.args[0]
+        xa = ctx.axes_of(x)
+        rank = len(xa)
+        dims = arg(node, 1, "dim", None)
+        if dims is None and "axis" in node.kwargs:
+            dims = node.kwargs["axis"]
+        if dims is None:
+            reduced = set(range(rank))
+        elif isinstance(dims, Iterable):
+            reduced = {norm_dim(int(d), rank) for d in dims}
+        else:
+            reduced = {norm_dim(int(dims), rank)}
+        keepdim = bool(arg(node, 2, "keepdim", False))
+        for d in sorted(reduced):
+            ax = xa[d]
+            if not ax.full:  # a factor of a reshaped dim: couple the blocks
+                others = [ld for k, a in enumerate(xa) if k not in reduced and a.comp is ax.comp
+                          for ld in a.ldims]
+                if others:
+                    comp = ax.comp
+                    carrier = comp.ragged if comp.ragged in others else others[0]
+                    ctx.space.collapse(comp, carrier)
+                    continue
+            ctx.freeze(ax, f"reduced over by {_name(node)}")
+        out = []
+        for d, ax in enumerate(xa):
+            if d not in reduced:
+                out.append(ax)
+            elif keepdim:
+                out.extend(ctx.fresh((1,), frozen="reduced dim"))
+        val = ctx.value(node)
+        ctx.set_out(tuple(list(out) for _ in val) if isinstance(val, tuple) else out)
+
+
+def _name(node: fx.Node) -> str:
+    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "?")

@@ -1,0 +1,172 @@
+"""THE rules table: one entry per op. To teach fxprune an op, add one line here.
+
+Keys are module types (``call_module``), callables (``call_function``) and method names
+(``call_method``). Anything not listed is frozen by :class:`~fxprune.ops.base.Unknown`.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .base import Rule, Unknown
+from .elementwise import Broadcast, GetAttr, NonTensor, Output, Placeholder, Unary
+from .layers import ChannelNorm, Conv, GroupNorm, Linear
+from .shape import (
+    Cat,
+    ChannelShuffle,
+    Expand,
+    ExpandAs,
+    GetItem,
+    Narrow,
+    Permute,
+    Repeat,
+    Reshape,
+    Split,
+    Stack,
+    Unbind,
+)
+from .spatial import Reduce, Spatial
+
+try:  # torchvision is optional for the table
+    from torchvision.ops import StochasticDepth, stochastic_depth
+except ImportError:  # pragma: no cover
+    StochasticDepth = stochastic_depth = None
+
+_BN = ChannelNorm(((3, "weight"), (4, "bias"), (1, "running_mean"), (2, "running_var")),
+                  "num_features")
+_IN = ChannelNorm(((3, "weight"), (4, "bias"), (1, "running_mean"), (2, "running_var")),
+                  "num_features")
+_PRELU = ChannelNorm(((1, "weight"),), "num_parameters")
+_UNARY, _BROADCAST, _RESHAPE, _PERMUTE = Unary(), Broadcast(), Reshape(), Permute()
+_SPLIT, _REDUCE, _SIZE = Split(), Reduce(), NonTensor()
+
+_ACTIVATIONS = (
+    "ReLU ReLU6 SiLU GELU Hardswish Hardsigmoid Sigmoid Tanh LeakyReLU ELU SELU CELU Softplus "
+    "Mish Hardtanh LogSigmoid Tanhshrink Softsign Softshrink Hardshrink Threshold RReLU "
+    "Dropout Dropout1d Dropout2d Dropout3d AlphaDropout FeatureAlphaDropout Identity"
+).split()
+_UNARY_FUNCS = (
+    "relu relu_ relu6 silu gelu hardswish hardsigmoid sigmoid tanh leaky_relu leaky_relu_ elu "
+    "elu_ selu celu softplus mish hardtanh hardtanh_ logsigmoid tanhshrink softsign softshrink "
+    "hardshrink threshold rrelu dropout dropout1d dropout2d dropout3d alpha_dropout "
+    "feature_alpha_dropout"
+).split()
+_TORCH_UNARY = "relu relu_ sigmoid tanh exp abs neg sqrt clamp clip clamp_min clamp_max".split()
+_UNARY_METHODS = (
+    "relu relu_ sigmoid sigmoid_ tanh tanh_ exp abs neg sqrt clamp clamp_ clamp_min clamp_max "
+    "clip contiguous clone detach float double half bfloat16 to type_as"
+).split()
+_BINARY = (operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd,
+           operator.imul, operator.isub, torch.add, torch.sub, torch.mul, torch.div,
+           torch.true_divide, torch.maximum, torch.minimum, torch.where)
+_BINARY_METHODS = "add add_ sub sub_ mul mul_ div div_ maximum minimum where".split()
+_REDUCE_FUNCS = (torch.mean, torch.sum, torch.amax, torch.amin, torch.std, torch.var,
+                 torch.logsumexp, torch.prod)
+_REDUCE_METHODS = "mean sum amax amin std var logsumexp prod max min".split()
+
+
+def _build() -> tuple[dict[Any, Rule], dict[Any, Rule], dict[str, Rule]]:
+    modules: dict[Any, Rule] = {
+        nn.Conv1d: Conv(), nn.Conv2d: Conv(), nn.Conv3d: Conv(),
+        nn.ConvTranspose1d: Conv(True), nn.ConvTranspose2d: Conv(True),
+        nn.ConvTranspose3d: Conv(True),
+        nn.Linear: Linear(),
+        nn.BatchNorm1d: _BN, nn.BatchNorm2d: _BN, nn.BatchNorm3d: _BN, nn.SyncBatchNorm: _BN,
+        nn.InstanceNorm1d: _IN, nn.InstanceNorm2d: _IN, nn.InstanceNorm3d: _IN,
+        nn.GroupNorm: GroupNorm(), nn.PReLU: _PRELU,
+        nn.Flatten: _RESHAPE, nn.Unflatten: _RESHAPE,
+        nn.ChannelShuffle: ChannelShuffle(),
+        nn.MaxPool1d: Spatial(1), nn.MaxPool2d: Spatial(2), nn.MaxPool3d: Spatial(3),
+        nn.AvgPool1d: Spatial(1), nn.AvgPool2d: Spatial(2), nn.AvgPool3d: Spatial(3),
+        nn.AdaptiveAvgPool1d: Spatial(1), nn.AdaptiveAvgPool2d: Spatial(2),
+        nn.AdaptiveAvgPool3d: Spatial(3), nn.AdaptiveMaxPool1d: Spatial(1),
+        nn.AdaptiveMaxPool2d: Spatial(2), nn.AdaptiveMaxPool3d: Spatial(3),
+        nn.LPPool1d: Spatial(1), nn.LPPool2d: Spatial(2), nn.Upsample: Spatial(None),
+    }
+    for name in _ACTIVATIONS:
+        modules[getattr(nn, name)] = _UNARY
+    if StochasticDepth is not None:
+        modules[StochasticDepth] = _UNARY
+
+    functions: dict[Any, Rule] = {
+        F.conv1d: Conv(), F.conv2d: Conv(), F.conv3d: Conv(),
+        F.conv_transpose1d: Conv(True), F.conv_transpose2d: Conv(True),
+        F.conv_transpose3d: Conv(True),
+        F.linear: Linear(), F.batch_norm: _BN, F.instance_norm: _IN, F.group_norm: GroupNorm(),
+        F.prelu: _PRELU,
+        torch.flatten: _RESHAPE, torch.reshape: _RESHAPE, torch.unflatten: _RESHAPE,
+        torch.squeeze: _RESHAPE, torch.unsqueeze: _RESHAPE,
+        torch.permute: _PERMUTE, torch.transpose: _PERMUTE, torch.t: _PERMUTE,
+        torch.movedim: _PERMUTE, torch.swapaxes: _PERMUTE,
+        torch.cat: Cat(), torch.concat: Cat(), torch.stack: Stack(),
+        torch.split: _SPLIT, torch.chunk: _SPLIT, torch.unbind: Unbind(), torch.narrow: Narrow(),
+        operator.getitem: GetItem(), getattr: _SIZE, len: _SIZE,
+        torch.channel_shuffle: ChannelShuffle(), F.channel_shuffle: ChannelShuffle(),
+        torch.native_channel_shuffle: ChannelShuffle(),
+        F.max_pool1d: Spatial(1), F.max_pool2d: Spatial(2), F.max_pool3d: Spatial(3),
+        F.avg_pool1d: Spatial(1), F.avg_pool2d: Spatial(2), F.avg_pool3d: Spatial(3),
+        F.adaptive_avg_pool1d: Spatial(1), F.adaptive_avg_pool2d: Spatial(2),
+        F.adaptive_avg_pool3d: Spatial(3), F.adaptive_max_pool1d: Spatial(1),
+        F.adaptive_max_pool2d: Spatial(2), F.adaptive_max_pool3d: Spatial(3),
+        F.interpolate: Spatial(None),
+    }
+    for name in _UNARY_FUNCS:
+        functions[getattr(F, name)] = _UNARY
+    for name in _TORCH_UNARY:
+        functions[getattr(torch, name)] = _UNARY
+    if stochastic_depth is not None:
+        functions[stochastic_depth] = _UNARY
+    for f in _BINARY:
+        functions[f] = _BROADCAST
+    for f in _REDUCE_FUNCS:
+        functions[f] = _REDUCE
+    functions[operator.neg] = _UNARY
+
+    methods: dict[str, Rule] = {
+        "view": _RESHAPE, "reshape": _RESHAPE, "flatten": _RESHAPE, "unflatten": _RESHAPE,
+        "squeeze": _RESHAPE, "unsqueeze": _RESHAPE, "view_as": _RESHAPE, "reshape_as": _RESHAPE,
+        "permute": _PERMUTE, "transpose": _PERMUTE, "t": _PERMUTE, "movedim": _PERMUTE,
+        "swapaxes": _PERMUTE, "swapdims": _PERMUTE,
+        "split": _SPLIT, "chunk": _SPLIT, "split_with_sizes": _SPLIT, "unbind": Unbind(),
+        "narrow": Narrow(), "expand": Expand(), "expand_as": ExpandAs(), "repeat": Repeat(),
+        "tile": Repeat(), "size": _SIZE, "dim": _SIZE, "numel": _SIZE,
+    }
+    for name in _UNARY_METHODS:
+        methods[name] = _UNARY
+    for name in _BINARY_METHODS:
+        methods[name] = _BROADCAST
+    for name in _REDUCE_METHODS:
+        methods[name] = _REDUCE
+    return modules, functions, methods
+
+
+MODULE_RULES, FUNCTION_RULES, METHOD_RULES = _build()
+_PLACEHOLDER, _OUTPUT, _GETATTR, _UNKNOWN = Placeholder(), Output(), GetAttr(), Unknown()
+
+
+def rule_for(node: fx.Node, modules: dict[str, nn.Module]) -> Rule:
+    """The rule of one node (Unknown when the table has none)."""
+    if node.op == "placeholder":
+        return _PLACEHOLDER
+    if node.op == "output":
+        return _OUTPUT
+    if node.op == "get_attr":
+        return _GETATTR
+    if node.op == "call_module":
+        return MODULE_RULES.get(type(modules[node.target]), _UNKNOWN)
+    if node.op == "call_function":
+        return FUNCTION_RULES.get(node.target, _UNKNOWN)
+    if node.op == "call_method":
+        return METHOD_RULES.get(node.target, _UNKNOWN)
+    return _UNKNOWN
+
+
+def leaf_types() -> tuple[type, ...]:
+    """Non-torch.nn module types the tracer keeps as leaves because a rule knows them."""
+    return tuple(t for t in MODULE_RULES if not t.__module__.startswith("torch.nn"))

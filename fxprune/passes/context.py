@@ -1,0 +1,69 @@
+"""What an op rule sees while the pruned module is written: old and new shapes, the kept
+positions of every axis in the order the pruned tensor holds them, and the new module."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from ..analyze.elements import Axis, kept_positions, new_size
+from ..analyze.graph import ChannelGraph
+from ..trace import TensorSpec
+
+
+class RewriteContext:
+    def __init__(self, graph: ChannelGraph, keep: np.ndarray, new_gm: fx.GraphModule):
+        self.graph = graph
+        self.keep = keep
+        self.new_gm = new_gm
+        self.values = graph.traced.values
+        self.modules = graph.ctx.modules  # the original modules: read attributes here
+        self.new_params: dict[str, torch.Tensor] = {}
+
+    # ---- shapes and positions ------------------------------------------------------------
+    def value(self, arg: Any) -> Any:
+        return self.values.get(arg.name) if isinstance(arg, fx.Node) else arg
+
+    def is_tensor(self, arg: Any) -> bool:
+        return isinstance(self.value(arg), TensorSpec)
+
+    def axes_of(self, arg: Any) -> list[Axis]:
+        return self.graph.ctx.axes[arg.name]
+
+    def old_shape(self, arg: Any) -> tuple[int, ...]:
+        return self.value(arg).shape
+
+    shape = old_shape
+
+    def new_shape(self, arg: Any) -> tuple[int, ...]:
+        return tuple(new_size(ax, self.keep) for ax in self.axes_of(arg))
+
+    def positions(self, axis: Axis) -> np.ndarray:
+        return kept_positions(axis, self.keep)
+
+    def kept_mask(self, axis: Axis) -> np.ndarray:
+        mask = np.zeros(axis.size, dtype=bool)
+        mask[self.positions(axis)] = True
+        return mask
+
+    # ---- parameters and modules ----------------------------------------------------------
+    def module(self, target: str) -> torch.nn.Module:
+        return self.new_gm.get_submodule(target)
+
+    def original(self, qualname: str) -> torch.Tensor:
+        gm = self.graph.traced.gm
+        try:
+            return gm.get_parameter(qualname).detach()
+        except AttributeError:
+            return gm.get_buffer(qualname)
+
+    def weight_name(self, node: fx.Node, index: int) -> str:
+        if node.op == "call_module":
+            return f"{node.target}.weight"
+        return node.args[index].target
+
+    def set_param(self, qualname: str, tensor: torch.Tensor) -> None:
+        self.new_params[qualname] = tensor

@@ -1,0 +1,71 @@
+"""What compress did, in numbers: params, FLOPs, groups before/after, frozen reasons, verify."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .analyze.graph import ChannelGraph
+from .select import Plan
+from .verify import VerifyResult
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: torch.nn.Module, example_inputs: tuple) -> int:
+    """FLOPs of one forward pass, by torch.utils.flop_counter (2 per multiply-add)."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(*example_inputs)
+    finally:
+        model.train(was)
+    return int(counter.get_total_flops())
+
+
+@dataclass
+class Report:
+    params_before: int
+    params_after: int
+    flops_before: int
+    flops_after: int
+    groups: dict[str, dict[str, int]]
+    frozen: list[tuple[str, str, int]]
+    notes: list[str]
+    verify: VerifyResult | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        lines = [
+            f"params: {self.params_before:,} -> {self.params_after:,} "
+            f"({self.params_after / max(self.params_before, 1):.1%})",
+            f"FLOPs:  {self.flops_before:,} -> {self.flops_after:,} "
+            f"({self.flops_after / max(self.flops_before, 1):.1%})",
+            f"groups pruned: {sum(1 for g in self.groups.values() if g['after'] < g['before'])}"
+            f" of {len(self.groups)}",
+            f"verify: {self.verify if self.verify is not None else 'skipped'}",
+            "time: " + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()),
+        ]
+        if self.frozen:
+            lines.append(f"frozen: {len(self.frozen)} reason(s), e.g. "
+                         + "; ".join(f"{n}: {r}" for n, r, _ in self.frozen[:3]))
+        lines.extend(f"note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+@dataclass
+class CompressResult:
+    """Stored as ``gm.meta["fxprune"]`` on the pruned module."""
+
+    plan: Plan
+    report: Report
+    graph: ChannelGraph
+    removed_units: np.ndarray
+    extra: dict[str, Any] = field(default_factory=dict)

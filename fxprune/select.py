@@ -1,0 +1,158 @@
+"""Scores -> Plan: which units go, per group ratio or global ranking, honouring min channels,
+round_to, ignored modules and equal-count constraints. The Plan is plain JSON data."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch.nn as nn
+
+from .analyze.graph import ChannelGraph, Group
+from .errors import SelectionError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Plan:
+    """Removed positions along each group's leader slice (``"param[dim]"``). Replayable on a
+    fresh instance of the same model because the analysis is deterministic."""
+
+    removed: dict[str, list[int]] = field(default_factory=dict)
+    groups: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> before/after
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        return cls(**json.loads(text))
+
+    def removed_units(self, graph: ChannelGraph) -> np.ndarray:
+        out = []
+        for key, positions in self.removed.items():
+            qual, dim = key[:-1].rsplit("[", 1)
+            info = graph.params.get(qual)
+            if info is None:
+                raise SelectionError(f"plan names {qual!r}, which the model does not have")
+            out.append(graph.labels[info.axes[int(dim)].comp.ids[np.asarray(positions, int)]])
+        return np.unique(np.concatenate(out)) if out else np.zeros(0, dtype=np.int64)
+
+
+def _module_of(member: str) -> str:
+    return member.rsplit("[", 1)[0].rsplit(".", 1)[0]
+
+
+def _ignored(group: Group, graph: ChannelGraph, ignore: Iterable) -> bool:
+    producers = [_module_of(m) for m in group.members
+                 if graph.params[m.rsplit("[", 1)[0]].roles.get(int(m[:-1].rsplit("[", 1)[1]))
+                 == "out"]
+    modules = graph.ctx.modules
+    for name in producers:
+        mod = modules.get(name)
+        for item in ignore:
+            if isinstance(item, str) and fnmatch.fnmatch(name, item):
+                return True
+            if isinstance(item, type) and isinstance(mod, item):
+                return True
+            if isinstance(item, nn.Module) and mod is item:
+                return True
+    return False
+
+
+def _ratio_for(group: Group, ratio: float, ratios: Mapping[str, float]) -> float:
+    for pattern, r in ratios.items():
+        if any(fnmatch.fnmatch(_module_of(m), pattern) for m in group.members):
+            return r
+    return ratio
+
+
+def _keep_count(n: int, keep: int, min_channels: int, round_to: int) -> int:
+    keep = max(keep, min(min_channels, n))
+    if round_to > 1:
+        keep = min(n, -(-keep // round_to) * round_to)
+    return min(keep, n)
+
+
+def select(
+    graph: ChannelGraph,
+    scores: np.ndarray,
+    *,
+    ratio: float = 0.5,
+    ratios: Mapping[str, float] | None = None,
+    global_ranking: bool = False,
+    ignore: Iterable = (),
+    min_channels: int = 1,
+    round_to: int = 1,
+) -> Plan:
+    if not 0.0 <= ratio < 1.0:
+        raise SelectionError(f"ratio must be in [0, 1), got {ratio}")
+    ratios = dict(ratios or {})
+    ignore = list(ignore)
+    active = [g for g in graph.groups if not (ignore and _ignored(g, graph, ignore))]
+    keep_n: dict[int, int] = {}
+    if global_ranking and active:
+        norm = [scores[g.units] / (scores[g.units].mean() + 1e-12) for g in active]
+        flat = np.sort(np.concatenate(norm))
+        thr = flat[min(int(len(flat) * ratio), len(flat) - 1)] if ratio > 0 else -np.inf
+        for g, s in zip(active, norm):
+            keep_n[g.gid] = int((s >= thr).sum()) if ratio > 0 else g.size
+    else:
+        for g in active:
+            r = _ratio_for(g, ratio, ratios)
+            keep_n[g.gid] = g.size - int(np.floor(g.size * r))
+    removed, notes, summary = [], [], {}
+    for g in active:
+        k = _keep_count(g.size, keep_n[g.gid], min_channels, round_to)
+        gone = (_constrained(graph, g, scores, k, notes) if g.constraints
+                else g.units[np.argsort(-scores[g.units], kind="stable")[k:]])
+        removed.append(gone)
+        summary[g.name] = {"before": g.size, "after": g.size - len(gone)}
+    removed_units = np.concatenate(removed) if removed else np.zeros(0, dtype=np.int64)
+    return _to_plan(graph, removed_units, summary, notes)
+
+
+def _constrained(graph: ChannelGraph, g: Group, scores: np.ndarray, k: int,
+                 notes: list[str]) -> np.ndarray:
+    """Top-k per block with one k for all blocks of a constraint; free units by ratio."""
+    in_group = np.zeros(len(graph.labels), dtype=bool)
+    in_group[g.units] = True
+    labs = [graph.labels[c.blocks] for c in g.constraints]
+    flat = np.concatenate([lab[in_group[lab]] for lab in labs])
+    if flat.size and np.unique(flat).size != flat.size:
+        notes.append(f"{g.name}: overlapping equal-count constraints; group kept whole")
+        return np.zeros(0, dtype=np.int64)
+    frac = k / g.size
+    removed = []
+    for lab in labs:
+        forced = (~in_group[lab]).sum(axis=1).max()
+        width = lab.shape[1]
+        kk = min(width, max(int(forced), int(round(frac * width)), 1))
+        s = np.where(in_group[lab], scores[lab], np.inf)
+        order = np.argsort(-s, axis=1, kind="stable")
+        drop = np.take_along_axis(lab, order[:, kk:], axis=1).reshape(-1)
+        removed.append(drop)
+    free = np.setdiff1d(g.units, flat)
+    if free.size:
+        kf = min(free.size, max(1, int(round(frac * free.size))))
+        removed.append(free[np.argsort(-scores[free], kind="stable")[kf:]])
+    return np.concatenate(removed) if removed else np.zeros(0, dtype=np.int64)
+
+
+def _to_plan(graph: ChannelGraph, removed_units: np.ndarray, summary, notes) -> Plan:
+    dead = np.zeros(len(graph.labels), dtype=bool)
+    dead[removed_units] = True
+    plan = Plan(groups=summary, notes=notes)
+    for g in graph.groups:
+        if not dead[g.units].any():
+            continue
+        qual, dim = g.name[:-1].rsplit("[", 1)
+        ids = graph.params[qual].axes[int(dim)].comp.ids
+        plan.removed[g.name] = np.flatnonzero(dead[graph.labels[ids]]).tolist()
+    return plan

@@ -1,0 +1,129 @@
+"""Frontend: symbolic trace plus one recorded example run, so every node knows its value shape.
+
+The rest of the pipeline only reads ``Traced``: a GraphModule and, per node, the example value
+(a :class:`torch.Size`/shape for tensors, the Python value for sizes and ints). A second
+frontend (torch.export) only has to produce the same object.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from .errors import TraceError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+@dataclass
+class Traced:
+    gm: fx.GraphModule
+    values: dict[str, Any] = field(default_factory=dict)  # node name -> TensorSpec | python value
+    example_inputs: tuple = ()
+
+
+class _Tracer(fx.Tracer):
+    def __init__(self, leaf_types: tuple[type, ...], leaf_names: frozenset[str]):
+        super().__init__()
+        self._leaf_types = leaf_types
+        self._leaf_names = leaf_names
+
+    def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
+        if self._leaf_types and isinstance(m, self._leaf_types):
+            return True
+        if qualname in self._leaf_names:
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
+def _spec(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return TensorSpec(tuple(value.shape), value.dtype)
+    if isinstance(value, torch.Size):
+        return value
+    if isinstance(value, list):
+        return [_spec(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_spec(v) for v in value)
+    return value
+
+
+class _Recorder(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule, values: dict[str, Any]):
+        super().__init__(gm)
+        self._values = values
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            out = super().run_node(n)
+        except Exception as exc:  # noqa: BLE001 - re-raised with the node named
+            where = n.meta.get("stack_trace", "").strip().splitlines()[-2:]
+            raise TraceError(
+                f"running the traced graph failed at node {n.name!r} ({n.op} {n.target}): "
+                f"{exc}. Source: {' / '.join(w.strip() for w in where) or 'unknown'}. "
+                "Check example_inputs (shape, dtype, device)."
+            ) from exc
+        self._values[n.name] = _spec(out)
+        return out
+
+
+def _describe_failure(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    user = [f for f in frames if "torch/fx" not in f.filename and "fxprune" not in f.filename]
+    where = f"{user[-1].filename}:{user[-1].lineno} ({user[-1].line})" if user else "unknown"
+    return where
+
+
+def trace(
+    model: torch.nn.Module,
+    example_inputs: Sequence[Any] | torch.Tensor,
+    *,
+    leaf_modules: Iterable[type | str] = (),
+    concrete_args: dict[str, Any] | None = None,
+) -> Traced:
+    """Trace ``model`` with torch.fx and record every node's example value.
+
+    ``leaf_modules`` are module types or qualified names kept as opaque calls (their channels
+    are frozen unless a rule knows the type); ``concrete_args`` are passed to the tracer.
+    """
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    example_inputs = tuple(example_inputs)
+    leaf_types = tuple(x for x in leaf_modules if isinstance(x, type))
+    leaf_names = frozenset(x for x in leaf_modules if isinstance(x, str))
+    tracer = _Tracer(leaf_types, leaf_names)
+    try:
+        graph = tracer.trace(model, concrete_args=concrete_args)
+    except Exception as exc:  # noqa: BLE001 - turned into an actionable TraceError
+        where = _describe_failure(exc)
+        raise TraceError(
+            f"torch.fx could not trace {type(model).__name__}: {type(exc).__name__}: {exc}. "
+            f"At {where}. Fixes to try: mark the module that contains this line as a leaf "
+            "(leaf_modules=[ThatModule] - its channels are then kept), or pass concrete_args "
+            "for arguments that drive Python control flow."
+        ) from exc
+    name = type(model).__name__
+    gm = fx.GraphModule(tracer.root, graph, name)
+    values: dict[str, Any] = {}
+    modes = {m: m.training for m in gm.modules()}
+    gm.eval()  # the modules are the caller's: eval keeps BN running stats untouched
+    try:
+        with torch.no_grad():
+            _Recorder(gm, values).run(*example_inputs)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    log.debug("traced %s: %d nodes", name, len(gm.graph.nodes))
+    return Traced(gm, values, example_inputs)
