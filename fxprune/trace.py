@@ -7,6 +7,7 @@ frontend (torch.export) only has to produce the same object.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import traceback
 from collections.abc import Iterable, Sequence
@@ -115,6 +116,13 @@ def trace(
             "for arguments that drive Python control flow."
         ) from exc
     name = type(model).__name__
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    params = list(inspect.signature(model.forward).parameters)
+    for node, pname in zip(placeholders, params):  # concrete args become defaults
+        if concrete_args and pname in concrete_args:
+            value = concrete_args[pname]
+            if not isinstance(value, torch.Tensor):
+                node.args = (value,)
     gm = fx.GraphModule(tracer.root, graph, name)
     values: dict[str, Any] = {}
     modes = {m: m.training for m in gm.modules()}

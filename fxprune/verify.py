@@ -77,7 +77,7 @@ def compare(reference: torch.nn.Module, pruned: torch.nn.Module, example_inputs:
     if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
         return VerifyResult(False, float("inf"), 1.0, tol, str(dtype))
     err = max((float((x - y).abs().max()) for x, y in zip(a, b) if x.numel()), default=0.0)
-    scale = max([1.0] + [float(x.abs().max()) for x in a if x.numel()])
+    scale = max([1e-30] + [float(x.abs().max()) for x in a if x.numel()])
     ok = bool(np.isfinite(err)) and err <= tol * scale
     return VerifyResult(ok, err, scale, tol, str(dtype).replace("torch.", ""))
 

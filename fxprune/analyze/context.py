@@ -26,7 +26,7 @@ class ParamInfo:
     shape: tuple[int, ...]
     axes: Axes
     roles: dict[int, str] = field(default_factory=dict)  # dim -> "out" (producer) / "in" / "norm"
-    order: dict[int, Axis] = field(default_factory=dict)  # dim -> tensor axis whose order it follows
+    order: dict[int, Axis] = field(default_factory=dict)  # dim -> axis whose order it follows
     custom: bool = False  # the rule's rewrite builds the new tensor itself
 
 
@@ -140,7 +140,8 @@ class AnalysisContext:
         self.space.freeze(fresh, "factor of a reshaped dim", self._where())
         if car is not None and car in ax.ldims:  # mixed partial use: keep the whole comp
             self.space.tie_all(comp.ids)
-            self.space.freeze(comp.ids.reshape(-1)[:1], "mixed use of a reshaped dim", self._where())
+            self.space.freeze(comp.ids.reshape(-1)[:1], "mixed use of a reshaped dim",
+                              self._where())
         return fresh
 
     def tie(self, a: Axis, b: Axis) -> None:

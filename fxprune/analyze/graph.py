@@ -94,16 +94,13 @@ def build(traced: Traced, ignore_units: list[np.ndarray] | None = None) -> Chann
     labels = space.solve()
     n = space.n
     frozen = np.zeros(n, dtype=bool)
-    seen = np.zeros(n, dtype=bool)
     reasons: dict[tuple[str, str], int] = {}
+    quiet = ("graph input", "parameter dim that no rule slices", "reduced dim", "new dim")
     for fr in space.frozen:
         lab = np.unique(labels[fr.ids])
-        new = lab[~seen[lab]]
-        seen[lab] = True
         frozen[lab] = True
-        quiet = ("graph input", "parameter dim that no rule slices")
-        if new.size and fr.reason not in quiet and not fr.reason.startswith("spatial"):
-            reasons[(fr.node, fr.reason)] = reasons.get((fr.node, fr.reason), 0) + int(new.size)
+        if fr.reason not in quiet and not fr.reason.startswith("spatial"):
+            reasons[(fr.node, fr.reason)] = reasons.get((fr.node, fr.reason), 0) + int(lab.size)
     constraints = _live_constraints(ctx)
     groups = _group(ctx, labels, frozen, constraints)
     return ChannelGraph(ctx, labels, frozen, [(a, b, c) for (a, b), c in reasons.items()],

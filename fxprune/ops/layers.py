@@ -159,7 +159,7 @@ class Linear(Rule):
 
 
 class ChannelNorm(Rule):
-    """BatchNorm / InstanceNorm / PReLU: per-channel parameters along dim 1, statistics per channel."""
+    """BatchNorm / InstanceNorm / PReLU: per-channel parameters and statistics along dim 1."""
 
     name = "channel_norm"
 

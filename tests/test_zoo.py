@@ -1,0 +1,48 @@
+"""The torchvision classification zoo: every model compresses at ratio 0.5 and verifies.
+
+CI runs the list the core issue names on small inputs; the rest is marked slow
+(`make zoo-slow`). vit_*, swin_*, maxvit_t and convnext_* need the attention/LayerNorm rules.
+"""
+
+import pytest
+import torch
+import torchvision
+
+import fxprune
+
+CI_MODELS = [
+    "resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0",
+    "densenet121", "googlenet", "inception_v3", "shufflenet_v2_x1_0", "squeezenet1_0",
+    "regnet_y_400mf", "resnext50_32x4d", "mnasnet0_5",
+]
+LATER = ("vit_", "swin_", "maxvit_", "convnext_")
+ALL = [n for n in torchvision.models.list_models(module=torchvision.models)
+       if not n.startswith(LATER)]
+SLOW = [n for n in ALL if n not in CI_MODELS]
+
+
+def _size(name: str) -> int:
+    return 96 if name.startswith("inception") else 64
+
+
+def _run(name: str):
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name).eval()
+    x = torch.randn(1, 3, _size(name), _size(name))
+    gm = fxprune.compress(model, x, ratio=0.5)
+    rep = gm.meta["fxprune"].report
+    assert rep.verify.ok and rep.verify.max_abs_err <= 1e-10 * rep.verify.scale
+    assert rep.params_after < rep.params_before
+    assert rep.flops_after < rep.flops_before
+    assert gm(x).shape == (1, 1000)
+
+
+@pytest.mark.parametrize("name", CI_MODELS)
+def test_zoo_ci(name):
+    _run(name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SLOW)
+def test_zoo_slow(name):
+    _run(name)
