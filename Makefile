@@ -16,7 +16,7 @@ demo: $(BIN)/python
 	$(BIN)/python -m fxprune.demo
 
 test: venv
-	$(BIN)/ruff check fxprune tests bench
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 zoo-slow: venv

@@ -364,3 +364,43 @@ def test_analyze_lists_groups_readably():
     assert all(g.size > 0 for g in graph.groups)
     assert np.unique(np.concatenate([g.units for g in graph.groups])).size == sum(
         g.size for g in graph.groups)
+
+
+class Unflatten(nn.Module):
+    """MLP -> conv: a split reshape whose channel factor feeds a conv (spatial factors fixed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 16 * 2 * 2)
+        self.pool = nn.MaxPool2d(2, 1)
+        self.conv = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = self.fc(x).view(-1, 16, 2, 2)
+        return self.conv(self.pool(y) + 1).flatten(1)
+
+
+def test_split_reshape_into_conv_channels():
+    gm = prune_and_check(Unflatten(), torch.randn(3, 8))
+    assert gm.fc.out_features == 32 and gm.conv.in_channels == 8
+    view = next(n for n in gm.graph.nodes if n.target == "view")
+    assert view.args[1:] == (-1, 8, 2, 2)
+
+
+def test_softmax_over_channels_frozen_glu_pairs_halves():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 1)
+            self.b = nn.Conv2d(3, 16, 1)
+            self.c = nn.Conv2d(16, 2, 1)
+
+        def forward(self, x):
+            att = torch.softmax(self.a(x), dim=1).sum(1, keepdim=True)
+            y = F.glu(self.b(x), dim=1)  # 16 -> 8: channel i pairs with i + 8
+            y = torch.softmax(y, dim=-1) * att  # softmax over a spatial dim: channels pass
+            return self.c(torch.cat([y, y], 1))
+
+    gm = prune_and_check(Net(), torch.randn(2, 3, 4, 4))
+    assert gm.a.out_channels == 8  # softmax over channels mixes them
+    assert gm.b.out_channels == 8 and gm.c.in_channels == 8

@@ -155,6 +155,9 @@ class AnalysisContext:
         self.space.tie(a, b)
 
     def freeze(self, ax: Axis | np.ndarray, reason: str) -> None:
+        if isinstance(ax, Axis) and not ax.full:  # a factor keeps its size; no carrier chosen
+            ax.comp.fixed.update(ax.ldims)
+            return
         ids = self.ids(ax) if isinstance(ax, Axis) else ax
         self.space.freeze(ids, reason, self._where())
 

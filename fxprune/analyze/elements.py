@@ -17,12 +17,13 @@ import numpy as np
 
 
 @dataclass(eq=False)
-class Comp:
+class Comp:  # noqa: D101 - documented in the module docstring
     """A block of elements with a logical shape; ``ids[pos]`` is the element at ``pos``."""
 
     ids: np.ndarray
     ragged: int | None = None  # logical dim whose lines keep equal counts (None: plain)
     carrier: int | None = None  # after collapse: the only logical dim that may shrink
+    fixed: set[int] = field(default_factory=set)  # logical dims some op needs at full size
 
     @property
     def lshape(self) -> tuple[int, ...]:
@@ -110,6 +111,14 @@ class ElementSpace:
         moved = np.moveaxis(comp.ids, carrier, 0).reshape(comp.ids.shape[carrier], -1)
         if moved.shape[1] > 1:
             self.tie(moved[:, :1], moved[:, 1:])
+
+    def settle(self) -> None:
+        """A comp whose only shrinkable dim must keep its size cannot shrink at all."""
+        for comp in self.comps:
+            shrink = comp.carrier if comp.carrier is not None else comp.ragged
+            if shrink is not None and shrink in comp.fixed:
+                self.tie_all(comp.ids)
+                self.freeze(comp.ids.reshape(-1)[:1], "reshaped dim needed at full size", "")
 
     def solve(self) -> np.ndarray:
         """Connected components of the ties: ``labels[e]`` is the smallest id in e's unit."""

@@ -91,6 +91,7 @@ def build(traced: Traced, ignore_units: list[np.ndarray] | None = None) -> Chann
             if dim not in info.roles:  # kernel dims and dims no op reads as channels
                 ctx.space.freeze(ax.comp.ids, "parameter dim that no rule slices", info.qualname)
     space = ctx.space
+    space.settle()
     labels = space.solve()
     n = space.n
     frozen = np.zeros(n, dtype=bool)

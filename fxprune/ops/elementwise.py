@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch.fx as fx
 
 from ..analyze.context import AnalysisContext
+from ..analyze.elements import plain_axis
 from ..trace import TensorSpec
 from .base import Rule
 
@@ -105,4 +106,24 @@ class Broadcast(Rule):
         for j in range(rank):
             if out[j] is None:  # every operand broadcasts here (or is a scalar)
                 out[j] = ctx.fresh((out_shape[j],))[0]
+        ctx.set_out(out)
+
+
+class GLU(Rule):
+    """glu(x, dim) = a * sigmoid(b) for the two halves: element i pairs with i + n/2."""
+
+    name = "glu"
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        xa = ctx.axes_of(node.args[0])
+        if node.op == "call_module":
+            d = ctx.modules[node.target].dim
+        else:
+            d = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", -1)
+        d = d + len(xa) if d < 0 else d
+        ids = ctx.ids(xa[d])
+        half = len(ids) // 2
+        ctx.tie_ids(ids[:half], ids[half:])
+        out = list(xa)
+        out[d] = plain_axis(ids[:half])
         ctx.set_out(out)

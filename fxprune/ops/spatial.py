@@ -77,3 +77,26 @@ class Reduce(Rule):
 
 def _name(node: fx.Node) -> str:
     return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "?")
+
+
+class Softmax(Rule):
+    """softmax/log_softmax/softmin over one dim: that dim mixes (frozen), the others pass."""
+
+    name = "softmax"
+
+    def __init__(self, default_dim: int | None = None):
+        self.default_dim = default_dim  # Softmax2d: the channel dim, -3
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        xa = ctx.axes_of(node.args[0])
+        if node.op == "call_module":
+            d = getattr(ctx.modules[node.target], "dim", None)
+        else:
+            d = arg(node, 1, "dim", None)
+        d = self.default_dim if d is None else d
+        if d is None:
+            ctx.set_out(list(xa))
+            ctx.freeze_all("softmax over an implicit dim")
+            return
+        ctx.freeze(xa[norm_dim(int(d), len(xa))], f"normalised over by {_name(node)}")
+        ctx.set_out(list(xa))

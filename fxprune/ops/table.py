@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import Rule, Unknown
-from .elementwise import Broadcast, GetAttr, NonTensor, Output, Placeholder, Unary
+from .elementwise import GLU, Broadcast, GetAttr, NonTensor, Output, Placeholder, Unary
 from .layers import ChannelNorm, Conv, GroupNorm, Linear
 from .shape import (
     Cat,
@@ -31,7 +31,7 @@ from .shape import (
     Stack,
     Unbind,
 )
-from .spatial import Reduce, Spatial
+from .spatial import Reduce, Softmax, Spatial
 
 try:  # torchvision is optional for the table
     from torchvision.ops import StochasticDepth, stochastic_depth
@@ -45,6 +45,7 @@ _IN = ChannelNorm(((3, "weight"), (4, "bias"), (1, "running_mean"), (2, "running
 _PRELU = ChannelNorm(((1, "weight"),), "num_parameters")
 _UNARY, _BROADCAST, _RESHAPE, _PERMUTE = Unary(), Broadcast(), Reshape(), Permute()
 _SPLIT, _REDUCE, _SIZE = Split(), Reduce(), NonTensor()
+_SOFTMAX, _GLU = Softmax(), GLU()
 
 _ACTIVATIONS = (
     "ReLU ReLU6 SiLU GELU Hardswish Hardsigmoid Sigmoid Tanh LeakyReLU ELU SELU CELU Softplus "
@@ -57,10 +58,14 @@ _UNARY_FUNCS = (
     "hardshrink threshold rrelu dropout dropout1d dropout2d dropout3d alpha_dropout "
     "feature_alpha_dropout"
 ).split()
-_TORCH_UNARY = "relu relu_ sigmoid tanh exp abs neg sqrt clamp clip clamp_min clamp_max".split()
+_TORCH_UNARY = (
+    "relu relu_ sigmoid tanh exp abs neg sqrt clamp clip clamp_min clamp_max selu celu rrelu "
+    "square rsqrt log1p expm1 erf"
+).split()
 _UNARY_METHODS = (
     "relu relu_ sigmoid sigmoid_ tanh tanh_ exp abs neg sqrt clamp clamp_ clamp_min clamp_max "
-    "clip contiguous clone detach float double half bfloat16 to type_as"
+    "clip contiguous clone detach float double half bfloat16 to type_as square rsqrt erf "
+    "silu hardswish"
 ).split()
 _BINARY = (operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd,
            operator.imul, operator.isub, torch.add, torch.sub, torch.mul, torch.div,
@@ -88,6 +93,8 @@ def _build() -> tuple[dict[Any, Rule], dict[Any, Rule], dict[str, Rule]]:
         nn.AdaptiveAvgPool3d: Spatial(3), nn.AdaptiveMaxPool1d: Spatial(1),
         nn.AdaptiveMaxPool2d: Spatial(2), nn.AdaptiveMaxPool3d: Spatial(3),
         nn.LPPool1d: Spatial(1), nn.LPPool2d: Spatial(2), nn.Upsample: Spatial(None),
+        nn.Softmax: _SOFTMAX, nn.LogSoftmax: _SOFTMAX, nn.Softmin: _SOFTMAX,
+        nn.Softmax2d: Softmax(-3), nn.GLU: _GLU,
     }
     for name in _ACTIVATIONS:
         modules[getattr(nn, name)] = _UNARY
@@ -115,6 +122,8 @@ def _build() -> tuple[dict[Any, Rule], dict[Any, Rule], dict[str, Rule]]:
         F.adaptive_avg_pool3d: Spatial(3), F.adaptive_max_pool1d: Spatial(1),
         F.adaptive_max_pool2d: Spatial(2), F.adaptive_max_pool3d: Spatial(3),
         F.interpolate: Spatial(None),
+        F.softmax: _SOFTMAX, F.log_softmax: _SOFTMAX, F.softmin: _SOFTMAX,
+        torch.softmax: _SOFTMAX, torch.log_softmax: _SOFTMAX, F.glu: _GLU,
     }
     for name in _UNARY_FUNCS:
         functions[getattr(F, name)] = _UNARY
@@ -136,6 +145,7 @@ def _build() -> tuple[dict[Any, Rule], dict[Any, Rule], dict[str, Rule]]:
         "split": _SPLIT, "chunk": _SPLIT, "split_with_sizes": _SPLIT, "unbind": Unbind(),
         "narrow": Narrow(), "expand": Expand(), "expand_as": ExpandAs(), "repeat": Repeat(),
         "tile": Repeat(), "size": _SIZE, "dim": _SIZE, "numel": _SIZE,
+        "softmax": _SOFTMAX, "log_softmax": _SOFTMAX,
     }
     for name in _UNARY_METHODS:
         methods[name] = _UNARY
