@@ -97,11 +97,12 @@ def build(traced: Traced, ignore_units: list[np.ndarray] | None = None) -> Chann
     frozen = np.zeros(n, dtype=bool)
     reasons: dict[tuple[str, str], int] = {}
     quiet = ("graph input", "parameter dim that no rule slices", "reduced dim", "new dim")
+    if space.frozen:
+        frozen[labels[np.concatenate([fr.ids for fr in space.frozen])]] = True
     for fr in space.frozen:
-        lab = np.unique(labels[fr.ids])
-        frozen[lab] = True
         if fr.reason not in quiet and not fr.reason.startswith("spatial"):
-            reasons[(fr.node, fr.reason)] = reasons.get((fr.node, fr.reason), 0) + int(lab.size)
+            key = (fr.node, fr.reason)
+            reasons[key] = reasons.get(key, 0) + int(np.unique(labels[fr.ids]).size)
     constraints = _live_constraints(ctx)
     groups = _group(ctx, labels, frozen, constraints)
     return ChannelGraph(ctx, labels, frozen, [(a, b, c) for (a, b), c in reasons.items()],

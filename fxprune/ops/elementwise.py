@@ -72,6 +72,11 @@ class Unary(Rule):
 
     def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
         x = node.args[0] if node.args else next(iter(node.kwargs.values()))
+        others = [a for a in list(node.args[1:]) + list(node.kwargs.values())
+                  if isinstance(a, fx.Node) and ctx.is_tensor(a)]
+        if others:  # e.g. clamp(x, min=t): tensor operands broadcast like a binary op
+            Broadcast().analyze(ctx, node)
+            return
         xa = ctx.axes_of(x)
         if ctx.shape(x) != ctx.out_shape():
             ctx.set_out(ctx.fresh(ctx.out_shape()))

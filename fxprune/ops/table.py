@@ -17,20 +17,8 @@ import torch.nn.functional as F
 from .base import Rule, Unknown
 from .elementwise import GLU, Broadcast, GetAttr, NonTensor, Output, Placeholder, Unary
 from .layers import ChannelNorm, Conv, GroupNorm, Linear
-from .shape import (
-    Cat,
-    ChannelShuffle,
-    Expand,
-    ExpandAs,
-    GetItem,
-    Narrow,
-    Permute,
-    Repeat,
-    Reshape,
-    Split,
-    Stack,
-    Unbind,
-)
+from .shape import ChannelShuffle, Expand, ExpandAs, Permute, Repeat, Reshape
+from .slicing import Cat, GetItem, Narrow, Split, Stack, Unbind
 from .spatial import Reduce, Softmax, Spatial
 
 try:  # torchvision is optional for the table

@@ -1,0 +1,92 @@
+"""Compress + verify every torchvision classification model, each in its own subprocess.
+
+    python bench/zoo_check.py [--skip-later] [--timeout 600] [--out bench/results/zoo_fxprune.md]
+
+Prints one line per model and writes a markdown table. Used for the closing note of the core
+issue; the full fxprune-vs-Torch-Pruning harness is bench/ of the benchmark issue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CHILD = r"""
+import json, sys, time, torch, torchvision, fxprune
+name, size = sys.argv[1], int(sys.argv[2])
+torch.manual_seed(0)
+kw = {"init_weights": False} if name in ("inception_v3", "googlenet") else {}
+model = torchvision.models.get_model(name, **kw).eval()
+x = torch.randn(1, 3, size, size)
+t0 = time.perf_counter()
+gm = fxprune.compress(model, x, ratio=0.5)
+dt = time.perf_counter() - t0
+r = gm.meta["fxprune"].report
+print(json.dumps({"ok": bool(r.verify.ok), "time": dt, "params": r.params_after / r.params_before,
+                  "flops": r.flops_after / r.flops_before, "err": r.verify.max_abs_err,
+                  "scale": r.verify.scale, "timings": r.timings}))
+"""
+
+LATER = ("vit_", "swin_", "maxvit_", "convnext_")
+
+
+def input_size(name: str) -> int:
+    if name.startswith("inception"):
+        return 96
+    if name.startswith(("vit_", "swin", "maxvit")):
+        return 224
+    return 64
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--skip-later", action="store_true", help="skip vit/swin/maxvit/convnext")
+    ap.add_argument("--timeout", type=int, default=900)
+    ap.add_argument("--out", default="bench/results/zoo_fxprune.md")
+    ap.add_argument("models", nargs="*")
+    args = ap.parse_args()
+    import torchvision
+
+    names = args.models or torchvision.models.list_models(module=torchvision.models)
+    if args.skip_later:
+        names = [n for n in names if not n.startswith(LATER)]
+    rows = []
+    for name in names:
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run([sys.executable, "-c", CHILD, name, str(input_size(name))],
+                                  capture_output=True, text=True, timeout=args.timeout)
+            if proc.returncode == 0:
+                res = json.loads(proc.stdout.strip().splitlines()[-1])
+            else:
+                res = {"ok": False, "error": proc.stderr.strip().splitlines()[-1][:200]}
+        except subprocess.TimeoutExpired:
+            res = {"ok": False, "error": f"timeout after {args.timeout}s"}
+        res["name"], res["wall"] = name, time.perf_counter() - t0
+        rows.append(res)
+        if res["ok"]:
+            print(f"{name:24s} ok   compress {res['time']:6.2f}s params {res['params']:.2f} "
+                  f"flops {res['flops']:.2f} rel.err {res['err'] / res['scale']:.1e}", flush=True)
+        else:
+            print(f"{name:24s} FAIL {res.get('error')}", flush=True)
+    ok = sum(r["ok"] for r in rows)
+    print(f"{ok}/{len(rows)} compress and verify")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["| model | result | compress s | params kept | FLOPs kept |", "|---|---|---|---|---|"]
+    for r in rows:
+        if r["ok"]:
+            lines.append(f"| {r['name']} | exact | {r['time']:.2f} | {r['params']:.2f} | "
+                         f"{r['flops']:.2f} |")
+        else:
+            lines.append(f"| {r['name']} | FAIL: {r.get('error', '')} | | | |")
+    lines.append(f"\n{ok}/{len(rows)} compress and verify (ratio 0.5, L2).")
+    out.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""Rules for ops that join, split and slice dims; the sizes they name are rewritten."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from ..analyze.context import AnalysisContext
+from ..analyze.elements import Axis, plain_axis
+from .base import Rule, arg, norm_dim, set_arg
+
+
+class Cat(Rule):
+    name = "cat"
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        tensors = [t for t in arg(node, 0, "tensors") if ctx.shape(t)]
+        d = norm_dim(int(arg(node, 1, "dim", 0)), len(ctx.out_shape()))
+        axes = [ctx.axes_of(t) for t in tensors]
+        out = list(axes[0])
+        for other in axes[1:]:
+            for k in range(len(out)):
+                if k != d:
+                    ctx.tie(out[k], other[k])
+        out[d] = plain_axis(np.concatenate([ctx.ids(a[d]) for a in axes]))
+        ctx.set_out(out)
+
+
+class Stack(Rule):
+    name = "stack"
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        tensors = list(arg(node, 0, "tensors"))
+        d = norm_dim(int(arg(node, 1, "dim", 0)), len(ctx.out_shape()))
+        axes = [ctx.axes_of(t) for t in tensors]
+        out = list(axes[0])
+        for other in axes[1:]:
+            for k in range(len(out)):
+                ctx.tie(out[k], other[k])
+        out.insert(d, ctx.fresh((len(tensors),), frozen="stacked dim")[0])
+        ctx.set_out(out)
+
+
+class Split(Rule):
+    """split/chunk/split_with_sizes: the pieces' sizes are recomputed (chunk becomes split)."""
+
+    name = "split"
+
+    def _dim(self, ctx, node) -> int:
+        return norm_dim(int(arg(node, 2, "dim", 0)), len(ctx.shape(node.args[0])))
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        xa = ctx.axes_of(node.args[0])
+        d = self._dim(ctx, node)
+        ids = ctx.ids(xa[d])
+        parts = []
+        start = 0
+        for spec in ctx.value(node):
+            n = spec.shape[d]
+            piece = list(xa)
+            piece[d] = plain_axis(ids[start:start + n])
+            parts.append(piece)
+            start += n
+        ctx.set_out(tuple(parts))
+
+    def rewrite(self, rctx, node: fx.Node) -> None:
+        d = self._dim(rctx, node)
+        mask = rctx.kept_mask(rctx.axes_of(node.args[0])[d])
+        bounds = np.cumsum([0] + [spec.shape[d] for spec in rctx.value(node)])
+        sizes = [int(mask[a:b].sum()) for a, b in zip(bounds[:-1], bounds[1:])]
+        if sizes == [int(b - a) for a, b in zip(bounds[:-1], bounds[1:])]:
+            return
+        if node.op == "call_method":
+            node.target = "split"
+        else:
+            node.target = torch.split
+        node.args = (node.args[0], sizes, d)
+        node.kwargs = {}
+
+
+class Unbind(Rule):
+    name = "unbind"
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        xa = ctx.axes_of(node.args[0])
+        d = norm_dim(int(arg(node, 1, "dim", 0)), len(xa))
+        ctx.freeze(xa[d], "unbound dim")
+        rest = [ax for k, ax in enumerate(xa) if k != d]
+        ctx.set_out(tuple(list(rest) for _ in range(ctx.shape(node.args[0])[d])))
+
+
+class Narrow(Rule):
+    name = "narrow"
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        xa = ctx.axes_of(node.args[0])
+        d = norm_dim(int(arg(node, 1, "dim")), len(xa))
+        start, length = int(arg(node, 2, "start")), int(arg(node, 3, "length"))
+        out = list(xa)
+        out[d] = plain_axis(ctx.ids(xa[d])[start:start + length])
+        ctx.set_out(out)
+
+    def rewrite(self, rctx, node: fx.Node) -> None:
+        xa = rctx.axes_of(node.args[0])
+        d = norm_dim(int(arg(node, 1, "dim")), len(xa))
+        start, length = int(arg(node, 2, "start")), int(arg(node, 3, "length"))
+        mask = rctx.kept_mask(xa[d])
+        set_arg(node, 2, "start", int(mask[:start].sum()))
+        set_arg(node, 3, "length", int(mask[start:start + length].sum()))
+
+
+class GetItem(Rule):
+    """``x[i]`` on tuples (split results) and basic tensor indexing with ints, slices, None and
+    Ellipsis; slice bounds along shrunk dims are recomputed, advanced indexing freezes."""
+
+    name = "getitem"
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        x, idx = node.args[0], node.args[1]
+        if not ctx.is_tensor(x):
+            got = ctx.axes.get(x.name) if isinstance(x, fx.Node) else None
+            if isinstance(got, (tuple, list)) and not (got and isinstance(got[0], Axis)) and (
+                    isinstance(idx, int)):
+                ctx.set_out(got[idx])
+            else:
+                ctx.set_out(None if not ctx.is_tensor(node) else ctx.fresh(ctx.out_shape()))
+                if ctx.is_tensor(node):
+                    ctx.freeze_all("item of an untracked container")
+            return
+        xa = ctx.axes_of(x)
+        plan = _index_plan(idx, ctx.shape(x))
+        if plan is None:
+            ctx.set_out(ctx.fresh(ctx.out_shape()))
+            ctx.freeze_all("advanced indexing")
+            return
+        out = []
+        for kind, d, sl in _flat_plan(plan):
+            if kind == "new":
+                out.extend(ctx.fresh((1,), frozen="new dim"))
+            elif kind == "int":
+                ctx.freeze(xa[d], "indexed by an integer")
+            elif kind == "full":
+                out.append(xa[d])
+            else:
+                start, stop, step = sl
+                ids = ctx.ids(xa[d])
+                if step != 1:
+                    ctx.freeze(xa[d], "strided slice")
+                out.append(plain_axis(ids[start:stop:step]))
+        ctx.set_out(out)
+
+    def rewrite(self, rctx, node: fx.Node) -> None:
+        x, idx = node.args[0], node.args[1]
+        if not rctx.is_tensor(x):
+            return
+        xa = rctx.axes_of(x)
+        plan = _index_plan(idx, rctx.old_shape(x))
+        items = list(idx) if isinstance(idx, tuple) else [idx]
+        changed = False
+        for k, entry in enumerate(plan):
+            kind, d, sl = entry if entry[0] != "ellipsis" else ("ellipsis", None, None)
+            if kind == "slice" and sl[2] == 1:
+                start, stop, _ = sl
+                mask = rctx.kept_mask(xa[d])
+                a = int(mask[:start].sum())
+                items[k] = slice(a, a + int(mask[start:stop].sum()))
+                changed = True
+        if changed:
+            node.args = (x, tuple(items) if isinstance(idx, tuple) else items[0])
+
+
+def _flat_plan(plan):
+    for entry in plan:
+        if entry[0] == "ellipsis":
+            yield from entry[1]
+        else:
+            yield entry
+
+
+def _index_plan(idx, shape):
+    """Per index item: (kind, input dim, (start, stop, step)); ("ellipsis", [entries]) for ...;
+    trailing dims not indexed come last as "full". None means advanced indexing."""
+    items = list(idx) if isinstance(idx, tuple) else [idx]
+    if any(isinstance(i, (fx.Node, list, bool, torch.Tensor)) for i in items):
+        return None
+    consumed = sum(1 for i in items if i is not None and i is not Ellipsis)
+    plan: list = []
+    d = 0
+    for i in items:
+        if i is None:
+            plan.append(("new", d, None))
+        elif i is Ellipsis:
+            span = [("full", d + k, None) for k in range(len(shape) - consumed)]
+            plan.append(("ellipsis", span, None))
+            d += len(span)
+        elif isinstance(i, int):
+            plan.append(("int", d, None))
+            d += 1
+        elif isinstance(i, slice):
+            if any(isinstance(v, fx.Node) for v in (i.start, i.stop, i.step)):
+                return None
+            start, stop, step = i.indices(shape[d])
+            kind = "full" if (start, stop, step) == (0, shape[d], 1) else "slice"
+            plan.append((kind, d, (start, stop, step)))
+            d += 1
+        else:
+            return None
+    while d < len(shape):
+        plan.append(("full", d, None))
+        d += 1
+    return plan
