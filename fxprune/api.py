@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -11,7 +12,7 @@ import torch
 import torch.fx as fx
 
 from .analyze.graph import ChannelGraph, build
-from .errors import VerificationError
+from .errors import RewriteError, VerificationError
 from .importance import Importance, get_importance
 from .ops.table import leaf_types
 from .passes import PruneChannels
@@ -19,6 +20,9 @@ from .report import CompressResult, Report, count_flops, count_params
 from .select import Plan, select
 from .trace import trace
 from .verify import compare, masked_original
+
+log = logging.getLogger(__name__)
+MAX_REWRITE_RETRIES = 8
 
 
 def analyze(model: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor, *,
@@ -59,18 +63,35 @@ def compress(
     example_inputs = tuple(example_inputs)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
-    graph = analyze(model, example_inputs, leaf_modules=leaf_modules,
-                    concrete_args=concrete_args)
-    times["analyze"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    if plan is None:
-        scores = get_importance(importance).scores(graph)
-        plan = select(graph, scores, ratio=ratio, ratios=ratios, global_ranking=global_ranking,
-                      ignore=ignore, min_channels=min_channels, round_to=round_to)
-    removed = plan.removed_units(graph)
-    times["select"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    gm = PruneChannels(graph, removed)(graph.traced.gm).graph_module
+    traced = trace(model, example_inputs, leaf_modules=tuple(leaf_modules) + leaf_types(),
+                   concrete_args=concrete_args)
+    frozen_nodes: frozenset[str] = frozenset()
+    user_plan = plan
+    for _attempt in range(MAX_REWRITE_RETRIES + 1):
+        graph = build(traced, frozen_nodes)
+        times["analyze"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if user_plan is None:
+            scores = get_importance(importance).scores(graph)
+            plan = select(graph, scores, ratio=ratio, ratios=ratios, ignore=ignore,
+                          global_ranking=global_ranking, min_channels=min_channels,
+                          round_to=round_to)
+        removed = plan.removed_units(graph)
+        times["select"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        try:
+            gm = PruneChannels(graph, removed)(traced.gm).graph_module
+            break
+        except RewriteError as exc:
+            # A node whose sizes the rewrite cannot keep consistent (e.g. size arithmetic
+            # with literals) keeps its channels; the report says so. Never a wrong model.
+            if user_plan is not None or exc.node is None or exc.node in frozen_nodes:
+                raise
+            log.info("rewrite failed at %s (%s); keeping its channels", exc.node, exc)
+            frozen_nodes = frozen_nodes | {exc.node}
+            t0 = time.perf_counter()
+    else:
+        raise RewriteError(f"rewrite failed after freezing {sorted(frozen_nodes)}")
     gm.train(model.training)
     times["rewrite"] = time.perf_counter() - t0
     result = None

@@ -10,6 +10,10 @@ class FxPruneError(RuntimeError):
 class TraceError(FxPruneError):
     """torch.fx could not trace the model, or shapes could not be propagated."""
 
+    def __init__(self, message: str, node: str | None = None):
+        super().__init__(message)
+        self.node = node
+
 
 class AnalysisError(FxPruneError):
     """The channel graph could not be built (an internal inconsistency, never a guess)."""
@@ -21,6 +25,10 @@ class SelectionError(FxPruneError):
 
 class RewriteError(FxPruneError):
     """The rewritten module does not have the shapes the plan promised."""
+
+    def __init__(self, message: str, node: str | None = None):
+        super().__init__(message)
+        self.node = node
 
 
 class VerificationError(FxPruneError):

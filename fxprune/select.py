@@ -115,7 +115,51 @@ def select(
         removed.append(gone)
         summary[g.name] = {"before": g.size, "after": g.size - len(gone)}
     removed_units = np.concatenate(removed) if removed else np.zeros(0, dtype=np.int64)
+    removed_units = _keep_nonempty(graph, removed_units, scores, notes)
+    for g in active:
+        summary[g.name]["after"] = g.size - int(np.isin(g.units, removed_units).sum())
     return _to_plan(graph, removed_units, summary, notes)
+
+
+def _keep_nonempty(graph: ChannelGraph, removed: np.ndarray, scores: np.ndarray,
+                   notes: list[str]) -> np.ndarray:
+    """No tensor may lose all its channels (a split piece, a 1-channel slice): give back the
+    best unit of any emptied dim, or a constrained group whole."""
+    dead = np.zeros(len(graph.labels), dtype=bool)
+    dead[removed] = True
+    unit_group = np.full(len(graph.labels), -1, dtype=np.int64)
+    for g in graph.groups:
+        unit_group[g.units] = g.gid
+    changed = True
+    while changed:
+        changed = False
+        for ids in _tensor_dims(graph):
+            lab = graph.labels[ids]
+            if not dead[lab].all():
+                continue
+            best = lab[np.argmax(scores[lab])]
+            g = graph.groups[unit_group[best]] if unit_group[best] >= 0 else None
+            if g is not None and g.constraints:
+                dead[g.units] = False
+                notes.append(f"{g.name}: kept whole so that no tensor is left empty")
+            else:
+                dead[best] = False
+            changed = True
+    return np.flatnonzero(dead)
+
+
+def _tensor_dims(graph: ChannelGraph):
+    from .analyze.elements import Axis, axis_ids
+
+    for val in graph.ctx.axes.values():
+        stack = [val]
+        while stack:
+            v = stack.pop()
+            if isinstance(v, Axis):
+                if v.full and v.size:
+                    yield axis_ids(v)
+            elif isinstance(v, (list, tuple)):
+                stack.extend(v)
 
 
 def _constrained(graph: ChannelGraph, g: Group, scores: np.ndarray, k: int,

@@ -74,7 +74,7 @@ class _Recorder(fx.Interpreter):
             raise TraceError(
                 f"running the traced graph failed at node {n.name!r} ({n.op} {n.target}): "
                 f"{exc}. Source: {' / '.join(w.strip() for w in where) or 'unknown'}. "
-                "Check example_inputs (shape, dtype, device)."
+                "Check example_inputs (shape, dtype, device).", node=n.name
             ) from exc
         self._values[n.name] = _spec(out)
         return out

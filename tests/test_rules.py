@@ -404,3 +404,22 @@ def test_softmax_over_channels_frozen_glu_pairs_halves():
     gm = prune_and_check(Net(), torch.randn(2, 3, 4, 4))
     assert gm.a.out_channels == 8  # softmax over channels mixes them
     assert gm.b.out_channels == 8 and gm.c.in_channels == 8
+
+
+def test_channels_last_permute_linear_movedim():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 3, padding=1, groups=1)
+            self.fc = nn.Linear(8, 12)
+            self.b = nn.Conv2d(12, 4, 1)
+            self.c = nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            y = self.fc(self.a(x).permute(0, 2, 3, 1))
+            y = F.gelu(y).permute(0, 3, 1, 2)
+            z = torch.movedim(self.b(y), 1, -1).contiguous()
+            return self.c(z.transpose(1, 3).transpose(2, 3))
+
+    gm = prune_and_check(Net(), torch.randn(2, 3, 5, 5))
+    assert gm.a.out_channels == 4 and gm.fc.out_features == 6 and gm.b.out_channels == 2

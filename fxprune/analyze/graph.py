@@ -70,7 +70,8 @@ class ChannelGraph:
         return "\n".join(lines)
 
 
-def build(traced: Traced, ignore_units: list[np.ndarray] | None = None) -> ChannelGraph:
+def build(traced: Traced, freeze_nodes: frozenset[str] = frozenset()) -> ChannelGraph:
+    """Apply every node's rule; ``freeze_nodes`` keep all their channels (rewrite fallback)."""
     ctx = AnalysisContext(traced)
     rules: dict[str, str] = {}
     for node in traced.gm.graph.nodes:
@@ -85,6 +86,8 @@ def build(traced: Traced, ignore_units: list[np.ndarray] | None = None) -> Chann
             ctx.axes.pop(node.name, None)
             Unknown().analyze(ctx, node)
             rule = Unknown()
+        if node.name in freeze_nodes:
+            ctx.freeze_all("the rewrite could not keep this node consistent")
         rules[node.name] = rule.name
     for info in ctx.params.values():
         for dim, ax in enumerate(info.axes):

@@ -91,7 +91,8 @@ def check_shapes(rctx: RewriteContext, gm: fx.GraphModule) -> None:
         with torch.no_grad():
             _Recorder(gm, values).run(*rctx.graph.traced.example_inputs)
     except Exception as exc:  # noqa: BLE001
-        raise RewriteError(f"the pruned module does not run: {exc}") from exc
+        raise RewriteError(f"the pruned module does not run: {exc}",
+                           node=getattr(exc, "node", None)) from exc
     finally:
         for m, mode in modes.items():
             m.training = mode
@@ -103,7 +104,8 @@ def check_shapes(rctx: RewriteContext, gm: fx.GraphModule) -> None:
             continue
         want = rctx.new_shape(_Named(name))
         if tuple(spec.shape) != want:
-            raise RewriteError(f"node {name}: pruned shape {tuple(spec.shape)}, expected {want}")
+            raise RewriteError(f"node {name}: pruned shape {tuple(spec.shape)}, expected {want}",
+                               node=name)
 
 
 class _Named:
