@@ -28,6 +28,17 @@ def _param_arg(ctx: AnalysisContext, node: fx.Node, index: int, name: str, local
     return None
 
 
+def _weight_and_bias(ctx: AnalysisContext, node: fx.Node, what: str):
+    """(weight, bias) ParamInfos; None (and every axis frozen) when the weight is computed."""
+    w = _param_arg(ctx, node, 1, "weight", "weight")
+    b = _param_arg(ctx, node, 2, "bias", "bias")
+    if w is None:
+        ctx.set_out(ctx.fresh(ctx.out_shape()))
+        ctx.freeze_all(f"{what} weight is not a parameter")
+        return None
+    return w, b
+
+
 class Conv(Rule):
     """Conv{1,2,3}d: groups=1, depthwise (with channel multiplier) and grouped convolution.
 
@@ -48,13 +59,11 @@ class Conv(Rule):
     def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
         x = node.args[0]
         xa = ctx.axes_of(x)
-        w = _param_arg(ctx, node, 1, "weight", "weight")
-        b = _param_arg(ctx, node, 2, "bias", "bias")
-        out_shape = ctx.out_shape()
-        if w is None:
-            ctx.set_out(ctx.fresh(out_shape))
-            ctx.freeze_all("convolution weight is not a parameter")
+        params = _weight_and_bias(ctx, node, "convolution")
+        if params is None:
             return
+        w, b = params
+        out_shape = ctx.out_shape()
         nd = len(w.shape) - 2
         cdim = len(xa) - nd - 1
         out = list(xa[:cdim])
@@ -137,13 +146,11 @@ class Linear(Rule):
 
     def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
         xa = ctx.axes_of(node.args[0])
-        w = _param_arg(ctx, node, 1, "weight", "weight")
-        b = _param_arg(ctx, node, 2, "bias", "bias")
-        out_shape = ctx.out_shape()
-        if w is None:
-            ctx.set_out(ctx.fresh(out_shape))
-            ctx.freeze_all("linear weight is not a parameter")
+        params = _weight_and_bias(ctx, node, "linear")
+        if params is None:
             return
+        w, b = params
+        out_shape = ctx.out_shape()
         ctx.link(w, 1, xa[-1], "in")
         oc = plain_axis(ctx.space.alloc(out_shape[-1]))
         ctx.link(w, 0, oc, "out")

@@ -59,6 +59,8 @@ _BINARY = (operator.add, operator.sub, operator.mul, operator.truediv, operator.
            operator.imul, operator.isub, torch.add, torch.sub, torch.mul, torch.div,
            torch.true_divide, torch.maximum, torch.minimum, torch.where)
 _BINARY_METHODS = "add add_ sub sub_ mul mul_ div div_ maximum minimum where".split()
+_POOLS = (("MaxPool", "max_pool"), ("AvgPool", "avg_pool"),
+          ("AdaptiveAvgPool", "adaptive_avg_pool"), ("AdaptiveMaxPool", "adaptive_max_pool"))
 _REDUCE_FUNCS = (torch.mean, torch.sum, torch.amax, torch.amin, torch.std, torch.var,
                  torch.logsumexp, torch.prod)
 _REDUCE_METHODS = "mean sum amax amin std var logsumexp prod max min".split()
@@ -75,11 +77,6 @@ def _build() -> tuple[dict[Any, Rule], dict[Any, Rule], dict[str, Rule]]:
         nn.GroupNorm: GroupNorm(), nn.PReLU: _PRELU,
         nn.Flatten: _RESHAPE, nn.Unflatten: _RESHAPE,
         nn.ChannelShuffle: ChannelShuffle(),
-        nn.MaxPool1d: Spatial(1), nn.MaxPool2d: Spatial(2), nn.MaxPool3d: Spatial(3),
-        nn.AvgPool1d: Spatial(1), nn.AvgPool2d: Spatial(2), nn.AvgPool3d: Spatial(3),
-        nn.AdaptiveAvgPool1d: Spatial(1), nn.AdaptiveAvgPool2d: Spatial(2),
-        nn.AdaptiveAvgPool3d: Spatial(3), nn.AdaptiveMaxPool1d: Spatial(1),
-        nn.AdaptiveMaxPool2d: Spatial(2), nn.AdaptiveMaxPool3d: Spatial(3),
         nn.LPPool1d: Spatial(1), nn.LPPool2d: Spatial(2), nn.Upsample: Spatial(None),
         nn.Softmax: _SOFTMAX, nn.LogSoftmax: _SOFTMAX, nn.Softmin: _SOFTMAX,
         nn.Softmax2d: Softmax(-3), nn.GLU: _GLU,
@@ -104,15 +101,14 @@ def _build() -> tuple[dict[Any, Rule], dict[Any, Rule], dict[str, Rule]]:
         operator.getitem: GetItem(), getattr: _SIZE, len: _SIZE,
         torch.channel_shuffle: ChannelShuffle(), F.channel_shuffle: ChannelShuffle(),
         torch.native_channel_shuffle: ChannelShuffle(),
-        F.max_pool1d: Spatial(1), F.max_pool2d: Spatial(2), F.max_pool3d: Spatial(3),
-        F.avg_pool1d: Spatial(1), F.avg_pool2d: Spatial(2), F.avg_pool3d: Spatial(3),
-        F.adaptive_avg_pool1d: Spatial(1), F.adaptive_avg_pool2d: Spatial(2),
-        F.adaptive_avg_pool3d: Spatial(3), F.adaptive_max_pool1d: Spatial(1),
-        F.adaptive_max_pool2d: Spatial(2), F.adaptive_max_pool3d: Spatial(3),
         F.interpolate: Spatial(None),
         F.softmax: _SOFTMAX, F.log_softmax: _SOFTMAX, F.softmin: _SOFTMAX,
         torch.softmax: _SOFTMAX, torch.log_softmax: _SOFTMAX, F.glu: _GLU,
     }
+    for nd in (1, 2, 3):  # pooling: module and functional forms
+        for module_name, function_name in _POOLS:
+            modules[getattr(nn, f"{module_name}{nd}d")] = Spatial(nd)
+            functions[getattr(F, f"{function_name}{nd}d")] = Spatial(nd)
     for name in _UNARY_FUNCS:
         functions[getattr(F, name)] = _UNARY
     for name in _TORCH_UNARY:
