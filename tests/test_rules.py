@@ -423,3 +423,60 @@ def test_channels_last_permute_linear_movedim():
 
     gm = prune_and_check(Net(), torch.randn(2, 3, 5, 5))
     assert gm.a.out_channels == 4 and gm.fc.out_features == 6 and gm.b.out_channels == 2
+
+
+def test_narrow_stack_unbind_where_interpolate_squeeze():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 16, 1)
+            self.b = nn.Conv2d(3, 8, 1)
+            self.c = nn.Conv2d(8, 8, 1)
+            self.d = nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            y = torch.narrow(self.a(x), 1, 4, 8)  # channels 4..11 of a
+            z = self.b(x)
+            p, q = torch.stack([y, z], 0).unbind(0)
+            w = torch.where(p > 0, p - q, q / 2).unsqueeze(2).squeeze(2)
+            w = F.interpolate(self.c(w), scale_factor=2, mode="nearest")
+            return self.d(w)
+
+    gm = prune_and_check(Net(), torch.randn(2, 3, 4, 4))
+    narrow = next(n for n in gm.graph.nodes if n.target is torch.narrow)
+    assert narrow.args[3] == 4 and gm.b.out_channels == 4 and gm.d.in_channels == 4
+
+
+def test_conv3d_and_depthwise_conv_transpose2d():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv3d(2, 8, 1)
+            self.b = nn.Conv3d(8, 2, 1)
+            self.c = nn.Conv2d(3, 6, 1)
+            self.dw = nn.ConvTranspose2d(6, 6, 2, stride=2, groups=6)
+            self.e = nn.Conv2d(6, 2, 1)
+
+        def forward(self, v, x):
+            return self.b(F.relu(self.a(v))).sum(), self.e(self.dw(self.c(x)))
+
+    gm = prune_and_check(Net(), (torch.randn(1, 2, 3, 3, 3), torch.randn(1, 3, 4, 4)))
+    assert gm.a.out_channels == 4 and gm.dw.groups == 3 and gm.dw.out_channels == 3
+
+
+def test_functional_group_norm_and_prelu():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 1)
+            self.gw = nn.Parameter(torch.rand(8) + 0.5)
+            self.pw = nn.Parameter(torch.rand(8))
+            self.b = nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            y = F.group_norm(self.a(x), 4, self.gw)
+            return self.b(F.prelu(y, self.pw))
+
+    gm = prune_and_check(Net(), torch.randn(2, 3, 4, 4))
+    gn = next(n for n in gm.graph.nodes if n.target is F.group_norm)
+    assert gn.args[1] == 2 and gm.gw.shape == (4,) and gm.pw.shape == (4,)

@@ -57,8 +57,14 @@ _UNARY_METHODS = (
 ).split()
 _BINARY = (operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd,
            operator.imul, operator.isub, torch.add, torch.sub, torch.mul, torch.div,
-           torch.true_divide, torch.maximum, torch.minimum, torch.where)
-_BINARY_METHODS = "add add_ sub sub_ mul mul_ div div_ maximum minimum where".split()
+           torch.true_divide, torch.maximum, torch.minimum, torch.where, operator.gt,
+           operator.lt, operator.ge, operator.le, operator.eq, operator.ne, operator.and_,
+           operator.or_, torch.gt, torch.lt, torch.ge, torch.le, torch.eq, torch.ne,
+           torch.logical_and, torch.logical_or, torch.pow, operator.pow)
+_BINARY_METHODS = (
+    "add add_ sub sub_ mul mul_ div div_ maximum minimum where gt lt ge le eq ne pow "
+    "logical_and logical_or masked_fill"
+).split()
 _POOLS = (("MaxPool", "max_pool"), ("AvgPool", "avg_pool"),
           ("AdaptiveAvgPool", "adaptive_avg_pool"), ("AdaptiveMaxPool", "adaptive_max_pool"))
 _REDUCE_FUNCS = (torch.mean, torch.sum, torch.amax, torch.amin, torch.std, torch.var,
