@@ -156,6 +156,8 @@ class GetItem(Rule):
             return
         xa = rctx.axes_of(x)
         plan = _index_plan(idx, rctx.old_shape(x))
+        if plan is None:  # advanced indexing: frozen, nothing to rewrite
+            return
         items = list(idx) if isinstance(idx, tuple) else [idx]
         changed = False
         for k, entry in enumerate(plan):

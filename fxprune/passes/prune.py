@@ -44,7 +44,11 @@ class PruneChannels(PassBase):
                 rule = rule_for(node, self.graph.ctx.modules)
                 if self.graph.rules.get(node.name) != rule.name:
                     continue  # the analysis fell back to Unknown here: nothing to rewrite
-                rule.rewrite(rctx, nodes[node.name])
+                try:
+                    rule.rewrite(rctx, nodes[node.name])
+                except Exception as exc:  # noqa: BLE001 - the fallback freezes this node
+                    raise RewriteError(f"rule {rule.name} could not rewrite {node.name}: {exc}",
+                                       node=node.name) from exc
         modified = _slice_params(rctx, new_gm)
         new_gm.graph.lint()
         new_gm.recompile()
