@@ -19,7 +19,7 @@ from .passes import PruneChannels
 from .report import CompressResult, Report, count_flops, count_params
 from .select import Plan, select
 from .trace import trace
-from .verify import compare, masked_original
+from .verify import check
 
 log = logging.getLogger(__name__)
 MAX_REWRITE_RETRIES = 8
@@ -45,6 +45,7 @@ def compress(
     round_to: int = 1,
     min_channels: int = 1,
     global_ranking: bool = False,
+    exact_only: bool = False,
     plan: Plan | None = None,
     verify: bool = True,
     leaf_modules: Iterable[type | str] = (),
@@ -53,7 +54,10 @@ def compress(
     """Return a new, smaller GraphModule; ``model`` is not modified.
 
     ``ratio`` is the fraction of each group's units removed (or of all units with
-    ``global_ranking``). ``plan`` replays a saved :class:`Plan` instead of selecting. With
+    ``global_ranking``). Groups normalised by LayerNorm are *approximate* (removing a channel
+    changes the others' statistics): ``exact_only`` leaves them alone; otherwise the report
+    gives their measured deviation. ``plan`` replays a saved :class:`Plan` instead of selecting.
+    With
     ``verify`` (default) the result is checked against the masked original in float64 and
     :class:`VerificationError` is raised on any mismatch. The Plan, the Report and the channel
     graph are in ``gm.meta["fxprune"]``.
@@ -75,7 +79,7 @@ def compress(
             scores = get_importance(importance).scores(graph)
             plan = select(graph, scores, ratio=ratio, ratios=ratios, ignore=ignore,
                           global_ranking=global_ranking, min_channels=min_channels,
-                          round_to=round_to)
+                          round_to=round_to, exact_only=exact_only)
         removed = plan.removed_units(graph)
         times["select"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -97,7 +101,9 @@ def compress(
     result = None
     if verify:
         t0 = time.perf_counter()
-        result = compare(masked_original(graph, removed), gm, example_inputs)
+        result, deviation = check(graph, removed, gm, example_inputs)
+        if deviation is not None:
+            result.approx_deviation = deviation.max_abs_err / deviation.scale
         times["verify"] = time.perf_counter() - t0
         if not result.ok:
             raise VerificationError(

@@ -90,12 +90,14 @@ def select(
     ignore: Iterable = (),
     min_channels: int = 1,
     round_to: int = 1,
+    exact_only: bool = False,
 ) -> Plan:
     if not 0.0 <= ratio < 1.0:
         raise SelectionError(f"ratio must be in [0, 1), got {ratio}")
     ratios = dict(ratios or {})
     ignore = list(ignore)
-    active = [g for g in graph.groups if not (ignore and _ignored(g, graph, ignore))]
+    active = [g for g in graph.groups if not (ignore and _ignored(g, graph, ignore))
+              and not (exact_only and g.approximate)]
     keep_n: dict[int, int] = {}
     if global_ranking and active:
         norm = [scores[g.units] / (scores[g.units].mean() + 1e-12) for g in active]
@@ -167,8 +169,14 @@ def _constrained(graph: ChannelGraph, g: Group, scores: np.ndarray, k: int,
     """Top-k per block with one k for all blocks of a constraint; free units by ratio."""
     in_group = np.zeros(len(graph.labels), dtype=bool)
     in_group[g.units] = True
-    labs = [graph.labels[c.blocks] for c in g.constraints]
-    flat = np.concatenate([lab[in_group[lab]] for lab in labs])
+    labs, seen = [], set()
+    for c in g.constraints:  # lines holding the same units (q and k of a head) count once
+        rows = np.unique(np.sort(graph.labels[c.blocks], axis=1), axis=0)
+        rows = np.array([r for r in rows if r.tobytes() not in seen]).reshape(-1, rows.shape[1])
+        seen.update(r.tobytes() for r in rows)
+        if rows.shape[0] > 1:
+            labs.append(rows)
+    flat = np.concatenate([lab[in_group[lab]] for lab in labs]) if labs else np.zeros(0, int)
     if flat.size and np.unique(flat).size != flat.size:
         notes.append(f"{g.name}: overlapping equal-count constraints; group kept whole")
         return np.zeros(0, dtype=np.int64)

@@ -4,6 +4,7 @@ contribution zeroed at its consumers (the parameter slices that read it)."""
 from __future__ import annotations
 
 import copy
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,11 +25,16 @@ class VerifyResult:
     scale: float  # max |reference output|, at least 1: errors are relative to it
     tol: float
     dtype: str
+    approx_deviation: float | None = None  # relative, when approximate groups were removed
 
     def __str__(self) -> str:
         status = "exact" if self.ok else "MISMATCH"
-        return (f"{status}: max |pruned - masked original| = {self.max_abs_err:.3g} "
+        text = (f"{status}: max |pruned - masked original| = {self.max_abs_err:.3g} "
                 f"(scale {self.scale:.3g}, tolerance {self.tol:g} x scale, {self.dtype})")
+        if self.approx_deviation is not None:
+            text = (f"exact groups {text}; with the approximate (LayerNorm) groups removed too: "
+                    f"relative deviation {self.approx_deviation:.3g}")
+        return text
 
 
 def masked_original(graph: ChannelGraph, removed_units: np.ndarray) -> fx.GraphModule:
@@ -45,7 +51,52 @@ def masked_original(graph: ChannelGraph, removed_units: np.ndarray) -> fx.GraphM
             t = getattr(gm.get_submodule(owner) if owner else gm, local)
             view = torch.movedim(t.data, c.dims, tuple(range(len(c.dims))))
             view[torch.as_tensor(mask)] = 0
+    _mask_node_inputs(gm, graph, dead)
     return gm
+
+
+def _mask_node_inputs(gm: fx.GraphModule, graph: ChannelGraph, dead: np.ndarray) -> None:
+    """Contractions between activations read removed channels as zeros (a mask multiply)."""
+    nodes = {n.name: n for n in gm.graph.nodes}
+    changed = False
+    for i, c in enumerate(graph.ctx.node_consumers):
+        keep = ~dead[graph.labels[c.ids]]
+        if keep.all():
+            continue
+        node = nodes[c.node]
+        operand = node.args[c.arg]
+        rank = len(graph.traced.values[operand.name].shape)
+        shape = [1] * rank
+        dim = c.dim % rank
+        if keep.ndim == 1:
+            shape[dim] = keep.size
+            mask = torch.as_tensor(keep, dtype=torch.float32).reshape(shape)
+        else:  # a whole (heads, head_dim) comp: the mask spans the two dims it covers
+            mask = _comp_mask(keep, graph.ctx.axes[operand.name], c, rank)
+        name = f"_fxprune_mask_{i}"
+        gm.register_buffer(name, mask)
+        with gm.graph.inserting_before(node):
+            got = gm.graph.get_attr(name)
+            masked = gm.graph.call_function(operator.mul, (operand, got))
+        args = list(node.args)
+        args[c.arg] = masked
+        node.args = tuple(args)
+        changed = True
+    if changed:
+        gm.recompile()
+
+
+def _comp_mask(keep: np.ndarray, axes, c, rank: int) -> torch.Tensor:
+    comp = axes[c.dim % rank].comp
+    shape = [1] * rank
+    order = []
+    for d, ax in enumerate(axes):
+        if ax.comp is comp:
+            shape[d] = ax.size
+            order.append((d, ax.ldims[0]))
+    perm = [ld for _, ld in sorted(order)]
+    full = np.transpose(keep.reshape(comp.lshape), perm)
+    return torch.as_tensor(full, dtype=torch.float32).reshape(shape)
 
 
 def _flatten(out: Any) -> list[torch.Tensor]:
@@ -82,12 +133,35 @@ def compare(reference: torch.nn.Module, pruned: torch.nn.Module, example_inputs:
     return VerifyResult(ok, err, scale, tol, str(dtype).replace("torch.", ""))
 
 
+def check(graph: ChannelGraph, removed: np.ndarray, pruned: fx.GraphModule,
+          example_inputs: tuple, dtype: torch.dtype = torch.float64,
+          tol: float | None = None) -> tuple[VerifyResult, VerifyResult | None]:
+    """(exactness of the exact groups, deviation of the whole model or None).
+
+    Without approximate units the pruned model itself must match. With them (LayerNorm
+    groups), a model with only the exact units removed must match, and the full model's
+    deviation from the masked original is measured and reported, not judged.
+    """
+    approx = graph.approximate_units(removed)
+    if approx.size == 0:
+        return compare(masked_original(graph, removed), pruned, example_inputs, dtype, tol), None
+    from .passes import PruneChannels
+
+    exact_removed = np.setdiff1d(removed, approx)
+    exact_gm = PruneChannels(graph, exact_removed, check=False)(graph.traced.gm).graph_module
+    exact = compare(masked_original(graph, exact_removed), exact_gm, example_inputs, dtype, tol)
+    deviation = compare(masked_original(graph, removed), pruned, example_inputs, dtype, tol)
+    return exact, deviation
+
+
 def verify(pruned: fx.GraphModule, example_inputs: Any = None, *,
            dtype: torch.dtype = torch.float64, tol: float | None = None,
            raise_on_mismatch: bool = False) -> VerifyResult:
     """Check a module returned by :func:`fxprune.compress` against its masked original.
 
     Runs both in ``dtype`` (float64 by default, so rounding cannot hide or fake a mismatch).
+    With approximate groups removed, the result is the exactness of the exact groups and
+    ``result.approx_deviation`` the relative deviation of the whole pruned model.
     """
     meta = pruned.meta.get("fxprune")
     if meta is None:
@@ -96,7 +170,9 @@ def verify(pruned: fx.GraphModule, example_inputs: Any = None, *,
     inputs = graph.traced.example_inputs if example_inputs is None else example_inputs
     if isinstance(inputs, torch.Tensor):
         inputs = (inputs,)
-    result = compare(masked_original(graph, removed), pruned, tuple(inputs), dtype, tol)
+    result, deviation = check(graph, removed, pruned, tuple(inputs), dtype, tol)
+    if deviation is not None:
+        result.approx_deviation = deviation.max_abs_err / deviation.scale
     if raise_on_mismatch and not result.ok:
         raise VerificationError(f"pruned model differs from the masked original: {result}")
     return result

@@ -40,6 +40,17 @@ class Consumer:
 
 
 @dataclass
+class NodeConsumer:
+    """An op that contracts over channels of an activation (matmul, attention): verify zeroes
+    the removed ones in operand ``arg`` along ``dim`` before the op."""
+
+    node: str
+    arg: int
+    dim: int
+    ids: np.ndarray
+
+
+@dataclass
 class EqualCount:
     """Every row of ``blocks`` (element ids) must keep the same number of positions."""
 
@@ -58,9 +69,12 @@ class AnalysisContext:
         self.axes: dict[str, Any] = {}
         self.params: dict[str, ParamInfo] = {}
         self.consumers: list[Consumer] = []
+        self.node_consumers: list[NodeConsumer] = []
+        self.approx: list[tuple[np.ndarray, str, str]] = []  # ids, reason, node
         self.constraints: list[EqualCount] = []
         self.node: fx.Node | None = None
         self.rule_of: dict[str, Any] = {}
+        self._subcomps: dict[tuple[int, int, int], Comp] = {}
 
     # ---- values -----------------------------------------------------------------------
     def value(self, arg: Any) -> Any:
@@ -144,6 +158,32 @@ class AnalysisContext:
                               self._where())
         return fresh
 
+    def select_block(self, axes: Axes, d: int, index: int) -> Axes | None:
+        """Axes after ``x[..., index, ...]`` on dim ``d`` when ``d`` is a block (head-like) dim
+        of a ragged comp: the other dims of that comp become a sub-comp with the same elements
+        (q, k, v out of one qkv reshape). None when ``d`` is not such a dim."""
+        ax = axes[d]
+        comp = ax.comp
+        if not (comp.is_ragged and len(ax.ldims) == 1 and ax.ldims[0] != comp.ragged):
+            return None
+        ld = ax.ldims[0]
+        comp.fixed.add(ld)
+        key = (id(comp), ld, index)
+        sub = self._subcomps.get(key)
+        if sub is None:
+            ids = np.take(comp.ids, index, axis=ld)
+            sub = self.space.new_comp(ids, ragged=comp.ragged - (1 if comp.ragged > ld else 0))
+            sub.parent = comp
+            self._subcomps[key] = sub
+        out = []
+        for k, other in enumerate(axes):
+            if k == d:
+                continue
+            if other.comp is comp:
+                other = Axis(sub, tuple(x - (1 if x > ld else 0) for x in other.ldims))
+            out.append(other)
+        return out
+
     def tie(self, a: Axis, b: Axis) -> None:
         if a.comp is b.comp and a.ldims == b.ldims:
             return
@@ -174,6 +214,13 @@ class AnalysisContext:
         if blocks.shape[0] > 1 and blocks.shape[1] > 0:
             self.constraints.append(EqualCount(np.asarray(blocks), reason, self._where()))
 
+    def approximate(self, ids: np.ndarray, reason: str) -> None:
+        """Removing these elements changes other channels' values (LayerNorm statistics)."""
+        self.approx.append((np.asarray(ids).reshape(-1), reason, self._where()))
+
+    def node_consumer(self, arg: int, dim: int, ids: np.ndarray) -> None:
+        self.node_consumers.append(NodeConsumer(self.node.name, arg, dim, np.asarray(ids)))
+
     def consumer(self, qualname: str, dims: tuple[int, ...], ids: np.ndarray) -> None:
         self.consumers.append(Consumer(qualname, dims, ids))
 
@@ -181,7 +228,8 @@ class AnalysisContext:
         """Tie a param dim to a tensor axis; the param's pruned order follows the tensor's."""
         ids = self.ids(ax, keep_order=True)
         self.space.tie(info.axes[dim].comp.ids, ids)
-        info.roles.setdefault(dim, role)
+        if info.roles.get(dim) in (None, "attr"):
+            info.roles[dim] = role
         if ax.comp.is_ragged:
             info.order[dim] = ax
         if role == "in":
@@ -216,4 +264,5 @@ def _flat_axes(val: Any) -> list[Axis]:
     return []
 
 
-__all__ = ["AnalysisContext", "Axes", "Comp", "Consumer", "EqualCount", "ParamInfo"]
+__all__ = ["AnalysisContext", "Axes", "Comp", "Consumer", "EqualCount", "NodeConsumer",
+           "ParamInfo"]

@@ -24,6 +24,7 @@ class Comp:  # noqa: D101 - documented in the module docstring
     ragged: int | None = None  # logical dim whose lines keep equal counts (None: plain)
     carrier: int | None = None  # after collapse: the only logical dim that may shrink
     fixed: set[int] = field(default_factory=set)  # logical dims some op needs at full size
+    parent: Comp | None = None  # a block picked out of a larger comp (its lines are the parent's)
 
     @property
     def lshape(self) -> tuple[int, ...]:

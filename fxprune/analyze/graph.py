@@ -24,6 +24,7 @@ class Group:
     units: np.ndarray  # unit labels (root element ids), sorted by position on the leader axis
     members: list[str]  # "param[dim]" slices touched
     constraints: list[EqualCount] = field(default_factory=list)
+    approximate: bool = False  # removing a unit changes other channels (LayerNorm statistics)
 
     @property
     def size(self) -> int:
@@ -38,6 +39,10 @@ class ChannelGraph:
     frozen_reasons: list[tuple[str, str, int]]  # (node, reason, number of units)
     groups: list[Group]
     rules: dict[str, str]
+    approx_units: np.ndarray  # bool per unit label
+
+    def approximate_units(self, units: np.ndarray) -> np.ndarray:
+        return units[self.approx_units[units]]
 
     @property
     def traced(self) -> Traced:
@@ -61,6 +66,7 @@ class ChannelGraph:
                  f"{sum(g.size for g in self.groups)} units"]
         for g in self.groups:
             extra = f", {len(g.constraints)} equal-count constraint(s)" if g.constraints else ""
+            extra += " (approximate)" if g.approximate else ""
             shown = ", ".join(g.members[:6]) + (" ..." if len(g.members) > 6 else "")
             lines.append(f"  [{g.gid}] {g.name}: {g.size} units{extra}; members: {shown}")
         if self.frozen_reasons:
@@ -106,16 +112,21 @@ def build(traced: Traced, freeze_nodes: frozenset[str] = frozenset()) -> Channel
         if fr.reason not in quiet and not fr.reason.startswith("spatial"):
             key = (fr.node, fr.reason)
             reasons[key] = reasons.get(key, 0) + int(np.unique(labels[fr.ids]).size)
+    approx = np.zeros(n, dtype=bool)
+    for ids, _, _ in ctx.approx:
+        approx[labels[ids]] = True
     constraints = _live_constraints(ctx)
     groups = _group(ctx, labels, frozen, constraints)
+    for g in groups:
+        g.approximate = bool(approx[g.units].any())
     return ChannelGraph(ctx, labels, frozen, [(a, b, c) for (a, b), c in reasons.items()],
-                        groups, rules)
+                        groups, rules, approx)
 
 
 def _live_constraints(ctx: AnalysisContext) -> list[EqualCount]:
     out = list(ctx.constraints)
     for comp in ctx.space.comps:
-        if comp.is_ragged:
+        if comp.is_ragged and comp.parent is None:
             r = comp.ragged
             lines = np.moveaxis(comp.ids, r, -1).reshape(-1, comp.ids.shape[r])
             out.append(EqualCount(lines, "blocks of a reshaped dim", ""))

@@ -46,7 +46,10 @@ class GetAttr(Rule):
 
     def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
         if ctx.is_tensor(node):
-            ctx.set_out(list(ctx.param(node.target).axes))
+            info = ctx.param(node.target)
+            for d in range(len(info.shape)):  # sliced along whatever its users tie it to
+                info.roles.setdefault(d, "attr")
+            ctx.set_out(list(info.axes))
         else:
             ctx.set_out(None)
 

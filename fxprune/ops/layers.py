@@ -21,7 +21,9 @@ def _param_arg(ctx: AnalysisContext, node: fx.Node, index: int, name: str, local
         return None
     a = arg(node, index, name)
     if isinstance(a, fx.Node) and a.op == "get_attr":
-        return ctx.param(a.target)
+        info = ctx.param(a.target)  # this rule owns the param: dims it does not link stay whole
+        info.roles = {d: r for d, r in info.roles.items() if r != "attr"}
+        return info
     if isinstance(a, fx.Node) and ctx.is_tensor(a):
         ctx.freeze_all(f"{name} is computed in the graph, not a parameter")
         return None
@@ -224,3 +226,62 @@ class GroupNorm(Rule):
             mod.num_channels = new_c
         else:
             set_arg(node, 1, "num_groups", new_c // per)
+
+
+class LayerNorm(Rule):
+    """LayerNorm over the last dim: weight/bias follow the channels, but removing a channel
+    changes the mean and variance of the others, so its units are *approximate*."""
+
+    name = "layer_norm"
+
+    def _normalized(self, ctx, node) -> tuple[int, ...]:
+        if node.op == "call_module":
+            return tuple(ctx.modules[node.target].normalized_shape)
+        shape = arg(node, 1, "normalized_shape")
+        return (shape,) if isinstance(shape, int) else tuple(shape)
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        xa = ctx.axes_of(node.args[0])
+        k = len(self._normalized(ctx, node))
+        for ax in xa[len(xa) - k:-1]:
+            ctx.freeze(ax, "LayerNorm over several dims")
+        last = xa[-1]
+        for index, name in ((2, "weight"), (3, "bias")):
+            info = _param_arg(ctx, node, index, name, name)
+            if info is not None:
+                ctx.link(info, len(info.shape) - 1, last, "norm")
+                for d in range(len(info.shape) - 1):
+                    ctx.freeze(info.axes[d], "LayerNorm over several dims")
+        ctx.approximate(ctx.ids(last, keep_order=True), "normalised by LayerNorm")
+        ctx.set_out(list(xa))
+
+    def rewrite(self, rctx, node: fx.Node) -> None:
+        shape = tuple(rctx.new_shape(node)[-len(self._normalized(rctx, node)):])
+        if node.op == "call_module":
+            rctx.module(node.target).normalized_shape = shape
+        else:
+            set_arg(node, 1, "normalized_shape", list(shape))
+
+
+class Embedding(Rule):
+    """Embedding: the vocabulary dim is indexed (kept); the embedding dim is a fresh channel
+    axis owned by the weight."""
+
+    name = "embedding"
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        idx = ctx.axes_of(node.args[0])
+        w = _param_arg(ctx, node, 1, "weight", "weight")
+        out_shape = ctx.out_shape()
+        if w is None:
+            ctx.set_out(ctx.fresh(out_shape))
+            ctx.freeze_all("embedding weight is not a parameter")
+            return
+        ctx.freeze(w.axes[0], "embedding rows are looked up by index")
+        oc = plain_axis(ctx.space.alloc(out_shape[-1]))
+        ctx.link(w, 1, oc, "out")
+        ctx.set_out(list(idx) + [oc])
+
+    def rewrite(self, rctx, node: fx.Node) -> None:
+        if node.op == "call_module":
+            rctx.module(node.target).embedding_dim = rctx.new_shape(node)[-1]

@@ -85,9 +85,14 @@ class Unbind(Rule):
     def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
         xa = ctx.axes_of(node.args[0])
         d = norm_dim(int(arg(node, 1, "dim", 0)), len(xa))
+        n = ctx.shape(node.args[0])[d]
+        blocks = [ctx.select_block(xa, d, i) for i in range(n)]
+        if blocks[0] is not None:  # q, k, v of one reshaped qkv projection
+            ctx.set_out(tuple(blocks))
+            return
         ctx.freeze(xa[d], "unbound dim")
         rest = [ax for k, ax in enumerate(xa) if k != d]
-        ctx.set_out(tuple(list(rest) for _ in range(ctx.shape(node.args[0])[d])))
+        ctx.set_out(tuple(list(rest) for _ in range(n)))
 
 
 class Narrow(Rule):
@@ -134,6 +139,12 @@ class GetItem(Rule):
             ctx.set_out(ctx.fresh(ctx.out_shape()))
             ctx.freeze_all("advanced indexing")
             return
+        ints = [(d, i) for (kind, d, _), i in zip(plan, _items(idx)) if kind == "int"]
+        if len(ints) == 1 and all(k in ("int", "full") for k, _, _ in _flat_plan(plan)):
+            picked = ctx.select_block(xa, ints[0][0], ints[0][1])
+            if picked is not None:  # qkv[0]: a block of a reshaped projection
+                ctx.set_out(picked)
+                return
         out = []
         for kind, d, sl in _flat_plan(plan):
             if kind == "new":
@@ -170,6 +181,10 @@ class GetItem(Rule):
                 changed = True
         if changed:
             node.args = (x, tuple(items) if isinstance(idx, tuple) else items[0])
+
+
+def _items(idx) -> list:
+    return list(idx) if isinstance(idx, tuple) else [idx]
 
 
 def _flat_plan(plan):

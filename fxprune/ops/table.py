@@ -14,9 +14,10 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .attention import Einsum, MatMul, ScaledDotProductAttention
 from .base import Rule, Unknown
 from .elementwise import GLU, Broadcast, GetAttr, NonTensor, Output, Placeholder, Unary
-from .layers import ChannelNorm, Conv, GroupNorm, Linear
+from .layers import ChannelNorm, Conv, Embedding, GroupNorm, LayerNorm, Linear
 from .shape import ChannelShuffle, Expand, ExpandAs, Permute, Repeat, Reshape
 from .slicing import Cat, GetItem, Narrow, Split, Stack, Unbind
 from .spatial import Reduce, Softmax, Spatial
@@ -33,7 +34,7 @@ _IN = ChannelNorm(((3, "weight"), (4, "bias"), (1, "running_mean"), (2, "running
 _PRELU = ChannelNorm(((1, "weight"),), "num_parameters")
 _UNARY, _BROADCAST, _RESHAPE, _PERMUTE = Unary(), Broadcast(), Reshape(), Permute()
 _SPLIT, _REDUCE, _SIZE = Split(), Reduce(), NonTensor()
-_SOFTMAX, _GLU = Softmax(), GLU()
+_SOFTMAX, _GLU, _MATMUL = Softmax(), GLU(), MatMul()
 
 _ACTIVATIONS = (
     "ReLU ReLU6 SiLU GELU Hardswish Hardsigmoid Sigmoid Tanh LeakyReLU ELU SELU CELU Softplus "
@@ -86,6 +87,7 @@ def _build() -> tuple[dict[Any, Rule], dict[Any, Rule], dict[str, Rule]]:
         nn.LPPool1d: Spatial(1), nn.LPPool2d: Spatial(2), nn.Upsample: Spatial(None),
         nn.Softmax: _SOFTMAX, nn.LogSoftmax: _SOFTMAX, nn.Softmin: _SOFTMAX,
         nn.Softmax2d: Softmax(-3), nn.GLU: _GLU,
+        nn.LayerNorm: LayerNorm(), nn.Embedding: Embedding(),
     }
     for name in _ACTIVATIONS:
         modules[getattr(nn, name)] = _UNARY
@@ -110,6 +112,9 @@ def _build() -> tuple[dict[Any, Rule], dict[Any, Rule], dict[str, Rule]]:
         F.interpolate: Spatial(None),
         F.softmax: _SOFTMAX, F.log_softmax: _SOFTMAX, F.softmin: _SOFTMAX,
         torch.softmax: _SOFTMAX, torch.log_softmax: _SOFTMAX, F.glu: _GLU,
+        F.layer_norm: LayerNorm(), F.embedding: Embedding(),
+        torch.matmul: _MATMUL, torch.bmm: _MATMUL, torch.mm: _MATMUL, operator.matmul: _MATMUL,
+        F.scaled_dot_product_attention: ScaledDotProductAttention(), torch.einsum: Einsum(),
     }
     for nd in (1, 2, 3):  # pooling: module and functional forms
         for module_name, function_name in _POOLS:
@@ -136,6 +141,7 @@ def _build() -> tuple[dict[Any, Rule], dict[Any, Rule], dict[str, Rule]]:
         "narrow": Narrow(), "expand": Expand(), "expand_as": ExpandAs(), "repeat": Repeat(),
         "tile": Repeat(), "size": _SIZE, "dim": _SIZE, "numel": _SIZE,
         "softmax": _SOFTMAX, "log_softmax": _SOFTMAX,
+        "matmul": _MATMUL, "bmm": _MATMUL, "mm": _MATMUL,
     }
     for name in _UNARY_METHODS:
         methods[name] = _UNARY
