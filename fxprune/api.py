@@ -46,6 +46,8 @@ def compress(
     min_channels: int = 1,
     global_ranking: bool = False,
     exact_only: bool = False,
+    prune_heads: bool = True,
+    prune_head_dims: bool = True,
     plan: Plan | None = None,
     verify: bool = True,
     leaf_modules: Iterable[type | str] = (),
@@ -56,7 +58,9 @@ def compress(
     ``ratio`` is the fraction of each group's units removed (or of all units with
     ``global_ranking``). Groups normalised by LayerNorm are *approximate* (removing a channel
     changes the others' statistics): ``exact_only`` leaves them alone; otherwise the report
-    gives their measured deviation. ``plan`` replays a saved :class:`Plan` instead of selecting.
+    gives their measured deviation. Attention heads (a projection reshaped to heads and
+    paired by matmul/attention) lose whole heads (``prune_heads``) and head dims
+    (``prune_head_dims``); with both, each takes 1 - sqrt(1 - ratio). ``plan`` replays a saved :class:`Plan` instead of selecting.
     With
     ``verify`` (default) the result is checked against the masked original in float64 and
     :class:`VerificationError` is raised on any mismatch. The Plan, the Report and the channel
@@ -79,7 +83,8 @@ def compress(
             scores = get_importance(importance).scores(graph)
             plan = select(graph, scores, ratio=ratio, ratios=ratios, ignore=ignore,
                           global_ranking=global_ranking, min_channels=min_channels,
-                          round_to=round_to, exact_only=exact_only)
+                          round_to=round_to, exact_only=exact_only,
+                          prune_heads=prune_heads, prune_head_dims=prune_head_dims)
         removed = plan.removed_units(graph)
         times["select"] = time.perf_counter() - t0
         t0 = time.perf_counter()

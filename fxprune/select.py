@@ -91,6 +91,8 @@ def select(
     min_channels: int = 1,
     round_to: int = 1,
     exact_only: bool = False,
+    prune_heads: bool = True,
+    prune_head_dims: bool = True,
 ) -> Plan:
     if not 0.0 <= ratio < 1.0:
         raise SelectionError(f"ratio must be in [0, 1), got {ratio}")
@@ -98,6 +100,9 @@ def select(
     ignore = list(ignore)
     active = [g for g in graph.groups if not (ignore and _ignored(g, graph, ignore))
               and not (exact_only and g.approximate)]
+    # attention heads: split the ratio between whole heads and head dims when both are pruned
+    r_part = 1.0 - float(np.sqrt(1.0 - ratio)) if prune_heads and prune_head_dims else ratio
+    head_unit, dead = _drop_heads(graph, scores, active, r_part if prune_heads else 0.0)
     keep_n: dict[int, int] = {}
     if global_ranking and active:
         norm = [scores[g.units] / (scores[g.units].mean() + 1e-12) for g in active]
@@ -108,12 +113,16 @@ def select(
     else:
         for g in active:
             r = _ratio_for(g, ratio, ratios)
-            keep_n[g.gid] = g.size - int(np.floor(g.size * r))
-    removed, notes, summary = [], [], {}
+            if head_unit[g.units].any():
+                r = r_part if prune_head_dims else 0.0
+            alive = int((~dead[g.units]).sum())
+            keep_n[g.gid] = alive - int(np.floor(alive * r))
+    removed, notes, summary = [np.flatnonzero(dead)], [], {}
     for g in active:
-        k = _keep_count(g.size, keep_n[g.gid], min_channels, round_to)
-        gone = (_constrained(graph, g, scores, k, notes) if g.constraints
-                else g.units[np.argsort(-scores[g.units], kind="stable")[k:]])
+        units = g.units[~dead[g.units]]
+        k = _keep_count(units.size, keep_n[g.gid], min_channels, round_to)
+        gone = (_constrained(graph, g, units, scores, k, notes) if g.constraints
+                else units[np.argsort(-scores[units], kind="stable")[k:]])
         removed.append(gone)
         summary[g.name] = {"before": g.size, "after": g.size - len(gone)}
     removed_units = np.concatenate(removed) if removed else np.zeros(0, dtype=np.int64)
@@ -164,14 +173,37 @@ def _tensor_dims(graph: ChannelGraph):
                 stack.extend(v)
 
 
-def _constrained(graph: ChannelGraph, g: Group, scores: np.ndarray, k: int,
+def _drop_heads(graph: ChannelGraph, scores: np.ndarray, active: list[Group],
+                r_heads: float) -> tuple[np.ndarray, np.ndarray]:
+    """Remove the weakest whole heads of every head family (at least one head stays)."""
+    n = len(graph.labels)
+    head_unit, dead = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    allowed = np.zeros(n, dtype=bool)
+    for g in active:
+        allowed[g.units] = True
+    for fam in graph.heads:
+        heads = fam.head_units(graph.labels)
+        for units in heads:
+            head_unit[units] = True
+        drop = min(fam.size - 1, int(np.floor(fam.size * r_heads)))
+        if drop <= 0 or not all(allowed[u].all() for u in heads):
+            continue
+        worst = np.argsort([scores[u].sum() for u in heads], kind="stable")[:drop]
+        for h in worst:
+            dead[heads[h]] = True
+    return head_unit, dead
+
+
+def _constrained(graph: ChannelGraph, g: Group, units: np.ndarray, scores: np.ndarray, k: int,
                  notes: list[str]) -> np.ndarray:
-    """Top-k per block with one k for all blocks of a constraint; free units by ratio."""
+    """Top-k per block with one k for all blocks of a constraint; free units by ratio.
+    ``units`` are the group's units still alive (blocks of removed heads are skipped)."""
     in_group = np.zeros(len(graph.labels), dtype=bool)
-    in_group[g.units] = True
+    in_group[units] = True
     labs, seen = [], set()
     for c in g.constraints:  # lines holding the same units (q and k of a head) count once
         rows = np.unique(np.sort(graph.labels[c.blocks], axis=1), axis=0)
+        rows = rows[in_group[rows].any(axis=1) | (~np.isin(rows, g.units)).any(axis=1)]
         rows = np.array([r for r in rows if r.tobytes() not in seen]).reshape(-1, rows.shape[1])
         seen.update(r.tobytes() for r in rows)
         if rows.shape[0] > 1:
@@ -180,7 +212,7 @@ def _constrained(graph: ChannelGraph, g: Group, scores: np.ndarray, k: int,
     if flat.size and np.unique(flat).size != flat.size:
         notes.append(f"{g.name}: overlapping equal-count constraints; group kept whole")
         return np.zeros(0, dtype=np.int64)
-    frac = k / g.size
+    frac = k / max(units.size, 1)
     removed = []
     for lab in labs:
         forced = (~in_group[lab]).sum(axis=1).max()
@@ -190,7 +222,7 @@ def _constrained(graph: ChannelGraph, g: Group, scores: np.ndarray, k: int,
         order = np.argsort(-s, axis=1, kind="stable")
         drop = np.take_along_axis(lab, order[:, kk:], axis=1).reshape(-1)
         removed.append(drop)
-    free = np.setdiff1d(g.units, flat)
+    free = np.setdiff1d(units, flat)
     if free.size:
         kf = min(free.size, max(1, int(round(frac * free.size))))
         removed.append(free[np.argsort(-scores[free], kind="stable")[kf:]])

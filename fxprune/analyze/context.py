@@ -70,6 +70,7 @@ class AnalysisContext:
         self.params: dict[str, ParamInfo] = {}
         self.consumers: list[Consumer] = []
         self.node_consumers: list[NodeConsumer] = []
+        self.block_ties: list[tuple[Axis, Axis]] = []  # head dims that must drop together
         self.approx: list[tuple[np.ndarray, str, str]] = []  # ids, reason, node
         self.constraints: list[EqualCount] = []
         self.node: fx.Node | None = None
@@ -173,7 +174,7 @@ class AnalysisContext:
         if sub is None:
             ids = np.take(comp.ids, index, axis=ld)
             sub = self.space.new_comp(ids, ragged=comp.ragged - (1 if comp.ragged > ld else 0))
-            sub.parent = comp
+            sub.parent, sub.picked = comp, ld
             self._subcomps[key] = sub
         out = []
         for k, other in enumerate(axes):

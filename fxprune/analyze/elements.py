@@ -25,6 +25,15 @@ class Comp:  # noqa: D101 - documented in the module docstring
     carrier: int | None = None  # after collapse: the only logical dim that may shrink
     fixed: set[int] = field(default_factory=set)  # logical dims some op needs at full size
     parent: Comp | None = None  # a block picked out of a larger comp (its lines are the parent's)
+    picked: int = 0  # the parent's logical dim that was indexed to make this comp
+
+    def root(self, ldim: int) -> tuple[Comp, int]:
+        """The outermost comp and its logical dim that ``ldim`` of this comp is."""
+        comp = self
+        while comp.parent is not None:
+            ldim = ldim + (1 if ldim >= comp.picked else 0)
+            comp = comp.parent
+        return comp, ldim
 
     @property
     def lshape(self) -> tuple[int, ...]:
@@ -149,63 +158,3 @@ def axis_ids(axis: Axis) -> np.ndarray:
     """Element ids of a *full* axis in tensor-dim order (transposed to ``ldims``, flattened)."""
     ids = axis.comp.ids
     return np.transpose(ids, axis.ldims).reshape(-1)
-
-
-def kept_positions(axis: Axis, keep: np.ndarray) -> np.ndarray:
-    """Original indices along a tensor dim, in the order the pruned tensor holds them.
-
-    ``keep`` is a boolean mask over element ids. Plain and collapsed comps keep sorted order;
-    a ragged comp compacts every line along its ragged dim, which is exactly the order the
-    rewritten reshape/transpose ops produce.
-    """
-    comp = axis.comp
-    mask = keep[comp.ids]
-    if not comp.is_ragged:
-        if axis.full:
-            return np.flatnonzero(np.transpose(mask, axis.ldims).reshape(-1))
-        other = tuple(d for d in range(mask.ndim) if d not in axis.ldims)
-        sub = mask.any(axis=other)  # product form: the other factors are all-or-nothing
-        rest = [d for d in range(mask.ndim) if d in axis.ldims]
-        order = tuple(rest.index(d) for d in axis.ldims)
-        return np.flatnonzero(np.transpose(sub, order).reshape(-1))
-    r = comp.ragged
-    lshape = comp.lshape
-    moved = np.moveaxis(mask, r, -1).reshape(-1, lshape[r])
-    counts = moved.sum(axis=1)
-    if not (counts == counts[0]).all():
-        raise ValueError("equal-count constraint violated on a reshaped dim")
-    cols = np.nonzero(moved)[1].reshape(moved.shape[0], counts[0])
-    new_shape = list(np.moveaxis(np.empty(lshape, dtype=np.int8), r, -1).shape)
-    new_shape[-1] = int(counts[0])
-    # position in the native layout of every kept element, compacted along the ragged dim
-    native = np.arange(mask.size).reshape(lshape)
-    moved_native = np.moveaxis(native, r, -1).reshape(-1, lshape[r])
-    picked = np.take_along_axis(moved_native, cols, axis=1).reshape(new_shape)
-    picked = np.moveaxis(picked, -1, r)
-    if not axis.full:
-        raise ValueError("partial dim of a ragged comp has no positions of its own")
-    # convert native flat positions into indices along the tensor dim (ldims order)
-    coords = np.unravel_index(np.transpose(picked, axis.ldims).reshape(-1), lshape)
-    sizes = [lshape[d] for d in axis.ldims]
-    return np.ravel_multi_index(tuple(coords[d] for d in axis.ldims), sizes)
-
-
-def new_size(axis: Axis, keep: np.ndarray) -> int:
-    """Size of the tensor dim after pruning."""
-    comp = axis.comp
-    mask = keep[comp.ids]
-    if comp.is_ragged:
-        r = comp.ragged
-        per_line = int(np.moveaxis(mask, r, -1).reshape(-1, comp.lshape[r]).sum(axis=1)[0])
-        return int(np.prod([per_line if d == r else comp.lshape[d] for d in axis.ldims]))
-    if comp.ids.ndim == 1:
-        return int(mask.sum())
-    car = comp.carrier
-    sizes = []
-    for d in axis.ldims:
-        if d == car:
-            other = tuple(x for x in range(mask.ndim) if x != d)
-            sizes.append(int(mask.any(axis=other).sum()))
-        else:
-            sizes.append(comp.lshape[d])
-    return int(np.prod(sizes))

@@ -11,6 +11,7 @@ import numpy as np
 from ..ops.table import rule_for
 from ..trace import Traced
 from .context import AnalysisContext, EqualCount, ParamInfo
+from .elements import Comp
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,22 @@ class Group:
 
 
 @dataclass
+class HeadFamily:
+    """Head dims of reshaped projections that matmul/attention pair: whole heads can go,
+    removing head h from every member at once."""
+
+    members: list[tuple[Comp, int]]  # (comp, logical head dim)
+    size: int
+
+    def head_units(self, labels: np.ndarray) -> list[np.ndarray]:
+        out = []
+        for h in range(self.size):
+            parts = [labels[np.take(c.ids, h, axis=d)].reshape(-1) for c, d in self.members]
+            out.append(np.unique(np.concatenate(parts)))
+        return out
+
+
+@dataclass
 class ChannelGraph:
     ctx: AnalysisContext
     labels: np.ndarray  # element id -> unit label
@@ -40,6 +57,7 @@ class ChannelGraph:
     groups: list[Group]
     rules: dict[str, str]
     approx_units: np.ndarray  # bool per unit label
+    heads: list[HeadFamily] = field(default_factory=list)
 
     def approximate_units(self, units: np.ndarray) -> np.ndarray:
         return units[self.approx_units[units]]
@@ -120,7 +138,45 @@ def build(traced: Traced, freeze_nodes: frozenset[str] = frozenset()) -> Channel
     for g in groups:
         g.approximate = bool(approx[g.units].any())
     return ChannelGraph(ctx, labels, frozen, [(a, b, c) for (a, b), c in reasons.items()],
-                        groups, rules, approx)
+                        groups, rules, approx, _head_families(ctx, frozen[labels]))
+
+
+def _head_families(ctx: AnalysisContext, frozen_elem: np.ndarray) -> list[HeadFamily]:
+    """Union the paired head dims; a family is droppable when every member is still a
+    ragged comp whose head dim no op needs at full size, with no frozen element."""
+    index: dict[tuple[int, int], int] = {}
+    members: list[tuple[Comp, int]] = []
+    parent: list[int] = []
+
+    def key(ax) -> int:
+        comp, ld = ax.comp.root(ax.ldims[0])
+        k = (id(comp), ld)
+        if k not in index:
+            index[k] = len(members)
+            members.append((comp, ld))
+            parent.append(len(parent))
+        return index[k]
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for a, b in ctx.block_ties:
+        ia, ib = find(key(a)), find(key(b))
+        parent[max(ia, ib)] = min(ia, ib)
+    fams: dict[int, list[tuple[Comp, int]]] = {}
+    for i, m in enumerate(members):
+        fams.setdefault(find(i), []).append(m)
+    out = []
+    for ms in fams.values():
+        sizes = {c.lshape[d] for c, d in ms}
+        ok = len(sizes) == 1 and all(
+            c.is_ragged and d not in c.fixed and d != c.ragged and not frozen_elem[c.ids].any()
+            for c, d in ms)
+        if ok and sizes.pop() > 1:
+            out.append(HeadFamily(ms, ms[0][0].lshape[ms[0][1]]))
+    return out
 
 
 def _live_constraints(ctx: AnalysisContext) -> list[EqualCount]:

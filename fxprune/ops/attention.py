@@ -29,8 +29,7 @@ def _ragged_dim(ax: Axis) -> bool:
 def _pair_batch(ctx: AnalysisContext, a: Axis, b: Axis) -> Axis:
     """Output axis of two corresponding batch dims (b's wins, so ``attn @ v`` keeps v's heads)."""
     if _block_dim(a) and _block_dim(b):
-        a.comp.fixed.update(a.ldims)
-        b.comp.fixed.update(b.ldims)
+        ctx.block_ties.append((a, b))  # head h here is head h there: they drop together
         return b
     ctx.tie(a, b)
     return b

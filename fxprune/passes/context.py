@@ -9,8 +9,9 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from ..analyze.elements import Axis, kept_positions, new_size
+from ..analyze.elements import Axis
 from ..analyze.graph import ChannelGraph
+from ..analyze.layout import kept_positions, new_size
 from ..trace import TensorSpec
 
 

@@ -11,8 +11,8 @@ import torch
 import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
-from ..analyze.elements import kept_positions
 from ..analyze.graph import ChannelGraph
+from ..analyze.layout import kept_positions
 from ..errors import RewriteError
 from ..ops.table import rule_for
 from ..trace import TensorSpec, _Recorder
