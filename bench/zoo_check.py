@@ -28,7 +28,8 @@ dt = time.perf_counter() - t0
 r = gm.meta["fxprune"].report
 print(json.dumps({"ok": bool(r.verify.ok), "time": dt, "params": r.params_after / r.params_before,
                   "flops": r.flops_after / r.flops_before, "err": r.verify.max_abs_err,
-                  "scale": r.verify.scale, "timings": r.timings}))
+                  "scale": r.verify.scale, "timings": r.timings,
+                  "approx": r.verify.approx_deviation}))
 """
 
 LATER = ("vit_", "swin_", "maxvit_", "convnext_")
@@ -70,20 +71,24 @@ def main() -> None:
         rows.append(res)
         if res["ok"]:
             print(f"{name:24s} ok   compress {res['time']:6.2f}s params {res['params']:.2f} "
-                  f"flops {res['flops']:.2f} rel.err {res['err'] / res['scale']:.1e}", flush=True)
+                  f"flops {res['flops']:.2f} rel.err {res['err'] / res['scale']:.1e}"
+                  + (f" approx.dev {res['approx']:.2g}" if res.get("approx") is not None else ""),
+                  flush=True)
         else:
             print(f"{name:24s} FAIL {res.get('error')}", flush=True)
     ok = sum(r["ok"] for r in rows)
     print(f"{ok}/{len(rows)} compress and verify")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    lines = ["| model | result | compress s | params kept | FLOPs kept |", "|---|---|---|---|---|"]
+    lines = ["| model | result | compress s | params kept | FLOPs kept | LayerNorm groups: "
+             "relative deviation |", "|---|---|---|---|---|---|"]
     for r in rows:
         if r["ok"]:
+            dev = f"{r['approx']:.2g}" if r.get("approx") is not None else "-"
             lines.append(f"| {r['name']} | exact | {r['time']:.2f} | {r['params']:.2f} | "
-                         f"{r['flops']:.2f} |")
+                         f"{r['flops']:.2f} | {dev} |")
         else:
-            lines.append(f"| {r['name']} | FAIL: {r.get('error', '')} | | | |")
+            lines.append(f"| {r['name']} | FAIL: {r.get('error', '')} | | | | |")
     lines.append(f"\n{ok}/{len(rows)} compress and verify (ratio 0.5, L2).")
     out.write_text("\n".join(lines) + "\n")
 

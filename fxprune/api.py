@@ -60,10 +60,10 @@ def compress(
     changes the others' statistics): ``exact_only`` leaves them alone; otherwise the report
     gives their measured deviation. Attention heads (a projection reshaped to heads and
     paired by matmul/attention) lose whole heads (``prune_heads``) and head dims
-    (``prune_head_dims``); with both, each takes 1 - sqrt(1 - ratio). ``plan`` replays a saved :class:`Plan` instead of selecting.
-    With
-    ``verify`` (default) the result is checked against the masked original in float64 and
-    :class:`VerificationError` is raised on any mismatch. The Plan, the Report and the channel
+    (``prune_head_dims``); with both, each takes 1 - sqrt(1 - ratio). ``plan`` replays a
+    saved :class:`Plan` instead of selecting. With ``verify`` (default) the result is checked
+    against the masked original in float64 and :class:`VerificationError` is raised on any
+    mismatch. The Plan, the Report and the channel
     graph are in ``gm.meta["fxprune"]``.
     """
     if isinstance(example_inputs, torch.Tensor):

@@ -76,6 +76,7 @@ class AnalysisContext:
         self.node: fx.Node | None = None
         self.rule_of: dict[str, Any] = {}
         self._subcomps: dict[tuple[int, int, int], Comp] = {}
+        self.sizes: dict[str, Any] = {}  # size-valued node -> the Axis (or list) it measures
 
     # ---- values -----------------------------------------------------------------------
     def value(self, arg: Any) -> Any:

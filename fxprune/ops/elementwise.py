@@ -64,8 +64,17 @@ class NonTensor(Rule):
         if ctx.is_tensor(node):  # e.g. getattr(x, "mT"): not a size query
             ctx.set_out(ctx.fresh(ctx.out_shape()))
             ctx.freeze_all("tensor-valued attribute access")
-        else:
-            ctx.set_out(None)
+            return
+        ctx.set_out(None)
+        x = node.args[0] if node.args else None
+        if not (isinstance(x, fx.Node) and ctx.is_tensor(x)):
+            return
+        axes = ctx.axes_of(x)
+        what = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        if node.target == "size" and isinstance(what, int):
+            ctx.sizes[node.name] = axes[what]  # provenance: this int is that dim's size
+        elif node.target == "size" or what == "shape":
+            ctx.sizes[node.name] = list(axes)
 
 
 class Unary(Rule):

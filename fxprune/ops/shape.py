@@ -95,8 +95,6 @@ class Reshape(Rule):
     def rewrite(self, rctx, node: fx.Node) -> None:
         new = rctx.new_shape(node)
         old = rctx.old_shape(node)
-        if new == old:
-            return
         target = node.target
         if node.op == "call_module":
             mod = rctx.module(node.target)
@@ -107,20 +105,33 @@ class Reshape(Rule):
         if target in ("view", "reshape") or target is torch.reshape:
             shape_args = node.args[1:]
             if len(shape_args) == 1 and isinstance(shape_args[0], (tuple, list)):
-                fixed = _fix_sizes(shape_args[0], new)
+                fixed = _fix_sizes(shape_args[0], new, old, rctx)
                 node.args = (node.args[0], type(shape_args[0])(fixed))
             elif shape_args:
-                node.args = (node.args[0], *_fix_sizes(shape_args, new))
+                node.args = (node.args[0], *_fix_sizes(shape_args, new, old, rctx))
             elif "shape" in node.kwargs:
-                set_arg(node, 1, "shape", tuple(_fix_sizes(node.kwargs["shape"], new)))
+                set_arg(node, 1, "shape", tuple(_fix_sizes(node.kwargs["shape"], new, old, rctx)))
         elif target in ("unflatten", torch.unflatten):
             d = norm_dim(arg(node, 1, "dim"), len(old) - len(arg(node, 2, "sizes")) + 1)
             sizes = arg(node, 2, "sizes")
             set_arg(node, 2, "sizes", tuple(_fix_sizes(sizes, new[d:d + len(sizes)])))
 
 
-def _fix_sizes(sizes, new) -> list:
-    return [new[j] if isinstance(s, int) and s != -1 else s for j, s in enumerate(sizes)]
+def _fix_sizes(sizes, new, old=None, rctx=None) -> list:
+    """New literal sizes. A size node (``C`` from ``x.shape``) is replaced by the literal too
+    when its dim shrinks or when the dim it measures shrinks differently: the pruned model
+    must not compute a width from another tensor's (pruned) size. Unchanged dims keep their
+    size nodes, so batch and token counts stay dynamic."""
+    out = []
+    for j, s in enumerate(sizes):
+        if isinstance(s, int) and s != -1:
+            out.append(new[j])
+        elif isinstance(s, fx.Node) and rctx is not None and old is not None and (
+                new[j] != old[j] or rctx.size_changes(s, new[j])):
+            out.append(new[j])
+        else:
+            out.append(s)
+    return out
 
 
 class Permute(Rule):

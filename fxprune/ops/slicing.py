@@ -124,6 +124,9 @@ class GetItem(Rule):
     def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
         x, idx = node.args[0], node.args[1]
         if not ctx.is_tensor(x):
+            src = ctx.sizes.get(x.name) if isinstance(x, fx.Node) else None
+            if isinstance(src, list) and isinstance(idx, (int, slice)):
+                ctx.sizes[node.name] = src[idx]  # x.shape[1], x.shape[:2]
             got = ctx.axes.get(x.name) if isinstance(x, fx.Node) else None
             if isinstance(got, (tuple, list)) and not (got and isinstance(got[0], Axis)) and (
                     isinstance(idx, int)):

@@ -42,6 +42,11 @@ class RewriteContext:
     def new_shape(self, arg: Any) -> tuple[int, ...]:
         return tuple(new_size(ax, self.keep) for ax in self.axes_of(arg))
 
+    def size_changes(self, size_node: fx.Node, want: int) -> bool:
+        """Does a size-valued node measure a dim whose pruned size is not ``want``?"""
+        src = self.graph.ctx.sizes.get(size_node.name)
+        return isinstance(src, Axis) and new_size(src, self.keep) != want
+
     def positions(self, axis: Axis) -> np.ndarray:
         return kept_positions(axis, self.keep)
 
