@@ -18,6 +18,7 @@ import torch
 import torch.fx as fx
 
 from .errors import TraceError
+from .lower import lower
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def trace(
             value = concrete_args[pname]
             if not isinstance(value, torch.Tensor):
                 node.args = (value,)
-    gm = fx.GraphModule(tracer.root, graph, name)
+    gm = lower(fx.GraphModule(tracer.root, graph, name))
     values: dict[str, Any] = {}
     modes = {m: m.training for m in gm.modules()}
     gm.eval()  # the modules are the caller's: eval keeps BN running stats untouched

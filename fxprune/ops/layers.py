@@ -31,14 +31,26 @@ def _param_arg(ctx: AnalysisContext, node: fx.Node, index: int, name: str, local
 
 
 def _weight_and_bias(ctx: AnalysisContext, node: fx.Node, what: str):
-    """(weight, bias) ParamInfos; None (and every axis frozen) when the weight is computed."""
+    """(weight, bias) ParamInfos; None (and every axis frozen) when the weight is computed.
+    A computed bias (a slice of a packed parameter) is returned as its node."""
     w = _param_arg(ctx, node, 1, "weight", "weight")
-    b = _param_arg(ctx, node, 2, "bias", "bias")
+    b = arg(node, 2, "bias") if node.op != "call_module" else None
+    if isinstance(b, fx.Node) and b.op != "get_attr" and ctx.is_tensor(b):
+        pass  # tied through its own axes by the caller
+    else:
+        b = _param_arg(ctx, node, 2, "bias", "bias")
     if w is None:
         ctx.set_out(ctx.fresh(ctx.out_shape()))
         ctx.freeze_all(f"{what} weight is not a parameter")
         return None
     return w, b
+
+
+def _link_bias(ctx: AnalysisContext, b, oc) -> None:
+    if isinstance(b, fx.Node):
+        ctx.tie(ctx.axes_of(b)[0], oc)
+    elif b is not None:
+        ctx.link(b, 0, oc, "out")
 
 
 class Conv(Rule):
@@ -105,8 +117,7 @@ class Conv(Rule):
             ctx.set_out(ctx.fresh(out_shape))
             ctx.freeze_all("grouped transposed convolution")
             return
-        if b is not None:
-            ctx.link(b, 0, oc, "out")
+        _link_bias(ctx, b, oc)
         out.append(oc)
         out.extend(ctx.fresh(out_shape[cdim + 1:], frozen="spatial dim of a convolution"))
         ctx.set_out(out)
@@ -156,8 +167,7 @@ class Linear(Rule):
         ctx.link(w, 1, xa[-1], "in")
         oc = plain_axis(ctx.space.alloc(out_shape[-1]))
         ctx.link(w, 0, oc, "out")
-        if b is not None:
-            ctx.link(b, 0, oc, "out")
+        _link_bias(ctx, b, oc)
         ctx.set_out(list(xa[:-1]) + [oc])
 
     def rewrite(self, rctx, node: fx.Node) -> None:
