@@ -194,6 +194,21 @@ def _drop_heads(graph: ChannelGraph, scores: np.ndarray, active: list[Group],
     return head_unit, dead
 
 
+def _distinct_units(rows: np.ndarray) -> np.ndarray | None:
+    """Blocks as distinct units: a unit spanning m positions of a block counts once when every
+    unit spans the same m (whole heads made of tied head dims); None when uneven."""
+    if rows.size == 0:
+        return rows
+    change = np.ones(rows.shape, dtype=bool)
+    change[:, 1:] = rows[:, 1:] != rows[:, :-1]
+    per_row = change.sum(axis=1)
+    if not (per_row == per_row[0]).all() or rows.shape[1] % per_row[0]:
+        return None
+    out = rows[change].reshape(rows.shape[0], per_row[0])
+    return out if (np.diff(np.flatnonzero(change[0]).tolist() + [rows.shape[1]]) ==
+                   rows.shape[1] // per_row[0]).all() else None
+
+
 def _constrained(graph: ChannelGraph, g: Group, units: np.ndarray, scores: np.ndarray, k: int,
                  notes: list[str]) -> np.ndarray:
     """Top-k per block with one k for all blocks of a constraint; free units by ratio.
@@ -202,8 +217,13 @@ def _constrained(graph: ChannelGraph, g: Group, units: np.ndarray, scores: np.nd
     in_group[units] = True
     labs, seen = [], set()
     for c in g.constraints:  # lines holding the same units (q and k of a head) count once
-        rows = np.unique(np.sort(graph.labels[c.blocks], axis=1), axis=0)
+        rows = _distinct_units(np.unique(np.sort(graph.labels[c.blocks], axis=1), axis=0))
+        if rows is None:
+            notes.append(f"{g.name}: uneven equal-count constraint; group kept whole")
+            return np.zeros(0, dtype=np.int64)
         rows = rows[in_group[rows].any(axis=1) | (~np.isin(rows, g.units)).any(axis=1)]
+        if rows.shape[1] == 1:  # one unit per block: blocks go whole, no count to balance
+            continue
         rows = np.array([r for r in rows if r.tobytes() not in seen]).reshape(-1, rows.shape[1])
         seen.update(r.tobytes() for r in rows)
         if rows.shape[0] > 1:

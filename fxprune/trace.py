@@ -18,7 +18,7 @@ import torch
 import torch.fx as fx
 
 from .errors import TraceError
-from .lower import lower
+from .lower import lower, lower_shaped
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,10 @@ def trace(
     try:
         with torch.no_grad():
             _Recorder(gm, values).run(*example_inputs)
+        if lower_shaped(gm, values):  # wrapped functions, re-emitted with recorded sizes
+            values.clear()
+            with torch.no_grad():
+                _Recorder(gm, values).run(*example_inputs)
     finally:
         for m, mode in modes.items():
             m.training = mode

@@ -178,3 +178,17 @@ def test_small_vit_prunes_heads():
     gm = fxprune.compress(model, torch.randn(1, 3, 32, 32), prune_head_dims=False)
     w = gm.get_submodule("encoder.layers.encoder_layer_0.self_attention").in_proj_weight
     assert w.shape[0] == 3 * 16  # 4 heads of 8 -> 2 heads of 8 (ratio 0.5 on heads only)
+
+
+@pytest.mark.parametrize("size", [32, 36])  # 36: padded windows and odd patch merging
+def test_swin_lowering_keeps_numerics_and_prunes_heads(size):
+    model = _blind_proof(small_swin()).double()
+    x = torch.randn(1, 3, size, size, dtype=torch.float64)
+    traced = fxprune.trace(model, x)
+    targets = {getattr(n.target, "__name__", n.target) for n in traced.gm.graph.nodes}
+    assert "shifted_window_attention" not in targets and "_patch_merging_pad" not in targets
+    assert (traced.gm(x) - model(x)).abs().max() <= 1e-10
+    gm = fxprune.compress(model.float(), x.float(), prune_head_dims=False)
+    assert gm.meta["fxprune"].report.verify.ok
+    qkv = gm.get_submodule("features.3.1.attn.qkv")  # stage 2: 4 heads of 8 -> 2 heads
+    assert qkv.weight.shape[0] == 3 * 16

@@ -138,6 +138,14 @@ class GetItem(Rule):
             return
         xa = ctx.axes_of(x)
         plan = _index_plan(idx, ctx.shape(x))
+        if plan is None and isinstance(idx, fx.Node) and ctx.is_tensor(idx):
+            # table[index]: dim 0 is gathered (kept whole), the other dims pass through
+            ctx.freeze(xa[0], "gathered by a tensor index")
+            for ax in ctx.axes_of(idx):
+                ctx.freeze(ax, "index tensor")
+            n_idx = len(ctx.shape(idx))
+            ctx.set_out(ctx.fresh(ctx.out_shape()[:n_idx], frozen="gathered dim") + xa[1:])
+            return
         if plan is None:
             ctx.set_out(ctx.fresh(ctx.out_shape()))
             ctx.freeze_all("advanced indexing")

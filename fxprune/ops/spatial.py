@@ -100,3 +100,35 @@ class Softmax(Rule):
             return
         ctx.freeze(xa[norm_dim(int(d), len(xa))], f"normalised over by {_name(node)}")
         ctx.set_out(list(xa))
+
+
+class Pad(Rule):
+    """F.pad: padded dims change size (kept whole), dims with (0, 0) padding pass through."""
+
+    name = "pad"
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        xa = ctx.axes_of(node.args[0])
+        pads = list(arg(node, 1, "pad"))
+        out_shape = ctx.out_shape()
+        out = list(xa)
+        for k in range(len(pads) // 2):
+            d = len(xa) - 1 - k
+            if pads[2 * k] or pads[2 * k + 1]:
+                ctx.freeze(xa[d], "padded dim")
+                out[d] = ctx.fresh((out_shape[d],), frozen="padded dim")[0]
+        ctx.set_out(out)
+
+
+class Roll(Rule):
+    """torch.roll: rolled dims are permuted (kept whole), the others pass through."""
+
+    name = "roll"
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        xa = ctx.axes_of(node.args[0])
+        dims = arg(node, 2, "dims")
+        dims = [dims] if isinstance(dims, int) else list(dims or range(len(xa)))
+        for d in dims:
+            ctx.freeze(xa[norm_dim(d, len(xa))], "rolled dim")
+        ctx.set_out(list(xa))

@@ -20,7 +20,7 @@ from .elementwise import GLU, Broadcast, GetAttr, NonTensor, Output, Placeholder
 from .layers import ChannelNorm, Conv, Embedding, GroupNorm, LayerNorm, Linear
 from .shape import ChannelShuffle, Expand, ExpandAs, Permute, Repeat, Reshape
 from .slicing import Cat, GetItem, Narrow, Split, Stack, Unbind
-from .spatial import Reduce, Softmax, Spatial
+from .spatial import Pad, Reduce, Roll, Softmax, Spatial
 
 try:  # torchvision is optional for the table
     from torchvision.ops import StochasticDepth, stochastic_depth
@@ -112,7 +112,7 @@ def _build() -> tuple[dict[Any, Rule], dict[Any, Rule], dict[str, Rule]]:
         F.interpolate: Spatial(None),
         F.softmax: _SOFTMAX, F.log_softmax: _SOFTMAX, F.softmin: _SOFTMAX,
         torch.softmax: _SOFTMAX, torch.log_softmax: _SOFTMAX, F.glu: _GLU,
-        F.layer_norm: LayerNorm(), F.embedding: Embedding(),
+        F.layer_norm: LayerNorm(), F.embedding: Embedding(), F.pad: Pad(), torch.roll: Roll(),
         torch.matmul: _MATMUL, torch.bmm: _MATMUL, torch.mm: _MATMUL, operator.matmul: _MATMUL,
         F.scaled_dot_product_attention: ScaledDotProductAttention(), torch.einsum: Einsum(),
     }
@@ -141,7 +141,7 @@ def _build() -> tuple[dict[Any, Rule], dict[Any, Rule], dict[str, Rule]]:
         "narrow": Narrow(), "expand": Expand(), "expand_as": ExpandAs(), "repeat": Repeat(),
         "tile": Repeat(), "size": _SIZE, "dim": _SIZE, "numel": _SIZE,
         "softmax": _SOFTMAX, "log_softmax": _SOFTMAX,
-        "matmul": _MATMUL, "bmm": _MATMUL, "mm": _MATMUL,
+        "matmul": _MATMUL, "bmm": _MATMUL, "mm": _MATMUL, "roll": Roll(),
     }
     for name in _UNARY_METHODS:
         methods[name] = _UNARY

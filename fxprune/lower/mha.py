@@ -1,7 +1,4 @@
-"""Lowering pre-passes: composite leaves become primitive subgraphs with the same numerics,
-so heads and head dims are ordinary structure for the generic rules.
-
-``nn.MultiheadAttention`` → linear projections (reading the module's own parameters, so the
+"""``nn.MultiheadAttention`` → linear projections (reading the module's own parameters, so the
 names are kept), view into heads, ``scaled_dot_product_attention`` with the scale pinned (or
 matmul/softmax when the attention weights are used), output projection. Cases it does not
 cover (packed projections with distinct query/key/value, bias_k/bias_v, add_zero_attn) stay
@@ -10,7 +7,6 @@ leaves, whose channels are then kept.
 
 from __future__ import annotations
 
-import logging
 import math
 import operator
 
@@ -19,10 +15,8 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-log = logging.getLogger(__name__)
 
-
-class _Builder:
+class Builder:
     """Small helper to emit nodes before an anchor node."""
 
     def __init__(self, graph: fx.Graph):
@@ -62,7 +56,7 @@ def lower_multihead_attention(gm: fx.GraphModule, name: str, mha: nn.MultiheadAt
     wants_weights = any(u.args[1] == 1 for u in users) and kw.get("need_weights", True)
     heads, embed = mha.num_heads, mha.embed_dim
     head_dim = embed // heads
-    b = _Builder(gm.graph)
+    b = Builder(gm.graph)
     with gm.graph.inserting_before(node):
         def batch_first(t):
             return t if mha.batch_first else b.meth("transpose", t, 0, 1)
@@ -119,7 +113,7 @@ def lower_multihead_attention(gm: fx.GraphModule, name: str, mha: nn.MultiheadAt
     return True
 
 
-def _combined_mask(b: _Builder, attn_mask, key_padding_mask):
+def _combined_mask(b: Builder, attn_mask, key_padding_mask):
     """One additive float mask of shape broadcastable to (N, H, L, S)."""
     out = None
     if isinstance(attn_mask, fx.Node):
@@ -137,23 +131,3 @@ def _additive_mask(mask: torch.Tensor) -> torch.Tensor:
     if mask.dtype == torch.bool:
         return torch.zeros(mask.shape, device=mask.device).masked_fill(mask, float("-inf"))
     return mask
-
-
-def lower(gm: fx.GraphModule) -> fx.GraphModule:
-    """Apply every lowering in place; returns ``gm`` (recompiled when anything changed)."""
-    changed = False
-    for node in list(gm.graph.nodes):
-        if node.op != "call_module":
-            continue
-        mod = gm.get_submodule(node.target)
-        if isinstance(mod, nn.MultiheadAttention):
-            if lower_multihead_attention(gm, node.target, mod, node):
-                changed = True
-            else:
-                log.info("kept %s as a leaf (unsupported MultiheadAttention options)",
-                         node.target)
-    if changed:
-        gm.graph.eliminate_dead_code()
-        gm.graph.lint()
-        gm.recompile()
-    return gm
