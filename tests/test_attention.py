@@ -192,3 +192,56 @@ def test_swin_lowering_keeps_numerics_and_prunes_heads(size):
     assert gm.meta["fxprune"].report.verify.ok
     qkv = gm.get_submodule("features.3.1.attn.qkv")  # stage 2: 4 heads of 8 -> 2 heads
     assert qkv.weight.shape[0] == 3 * 16
+
+
+def test_small_vit_slices_class_token_and_positions_with_the_stream():
+    model = _blind_proof(small_vit())
+    gm = fxprune.compress(model, torch.randn(1, 3, 32, 32))
+    width = gm.get_submodule("encoder.ln").weight.shape[0]
+    assert width < 32  # the residual stream (LayerNorm: approximate) was pruned
+    assert gm.class_token.shape == (1, 1, width)
+    assert gm.get_submodule("encoder").pos_embedding.shape == (1, 17, width)
+    assert gm.get_submodule("conv_proj").out_channels == width
+
+
+def test_convnext_layer_norm_2d_and_layer_scale():
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+    model = _blind_proof(ConvNeXt([CNBlockConfig(16, 32, 1), CNBlockConfig(32, None, 1)],
+                                  num_classes=10))
+    gm = fxprune.compress(model, torch.randn(1, 3, 32, 32))
+    rep = gm.meta["fxprune"].report
+    assert rep.verify.ok and rep.verify.approx_deviation is not None
+    block = gm.get_submodule("features.1.0")
+    assert block.layer_scale.shape[0] == gm.get_submodule("features.1.0.block.0").out_channels
+    exact = fxprune.compress(model, torch.randn(1, 3, 32, 32), exact_only=True)
+    assert exact.meta["fxprune"].report.verify.approx_deviation is None
+    assert exact.get_submodule("features.1.0.block.0").out_channels == 16
+
+
+def test_embedding_and_einsum():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 16)
+            self.w = nn.Parameter(torch.randn(16, 12))
+            self.fc = nn.Linear(12, 3)
+
+        def forward(self, ids):
+            e = torch.relu(self.emb(ids))  # (B, T, 16)
+            h = torch.einsum("btc,cd->btd", e, self.w)
+            return self.fc(torch.einsum("btd->bd", h))
+
+    gm = prune_and_check(Net(), torch.randint(0, 10, (2, 5)))
+    assert gm.emb.embedding_dim == 8 and gm.emb.weight.shape == (10, 8)
+    assert gm.w.shape == (8, 6) and gm.fc.in_features == 6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vit_b_16", "swin_t"])
+def test_full_size_export(name):
+    model = _blind_proof(torchvision.models.get_model(name))
+    x = torch.randn(1, 3, 224, 224)
+    gm = fxprune.compress(model, x)
+    ep = torch.export.export(gm, (x,))
+    assert (ep.module()(x) - gm(x)).abs().max() <= 1e-5
