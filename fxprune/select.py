@@ -195,18 +195,18 @@ def _drop_heads(graph: ChannelGraph, scores: np.ndarray, active: list[Group],
 
 
 def _distinct_units(rows: np.ndarray) -> np.ndarray | None:
-    """Blocks as distinct units: a unit spanning m positions of a block counts once when every
-    unit spans the same m (whole heads made of tied head dims); None when uneven."""
+    """Blocks (sorted rows of unit labels) as distinct units: a unit spanning m positions of a
+    block counts once when every unit spans the same m (whole heads made of tied head dims);
+    None when uneven."""
     if rows.size == 0:
         return rows
-    change = np.ones(rows.shape, dtype=bool)
-    change[:, 1:] = rows[:, 1:] != rows[:, :-1]
-    per_row = change.sum(axis=1)
-    if not (per_row == per_row[0]).all() or rows.shape[1] % per_row[0]:
+    n_rows, width = rows.shape
+    distinct = 1 + (rows[:, 1:] != rows[:, :-1]).sum(axis=1)
+    k = int(distinct[0])
+    if not (distinct == k).all() or width % k:
         return None
-    out = rows[change].reshape(rows.shape[0], per_row[0])
-    return out if (np.diff(np.flatnonzero(change[0]).tolist() + [rows.shape[1]]) ==
-                   rows.shape[1] // per_row[0]).all() else None
+    runs = rows.reshape(n_rows, k, width // k)
+    return runs[:, :, 0] if (runs == runs[:, :, :1]).all() else None
 
 
 def _constrained(graph: ChannelGraph, g: Group, units: np.ndarray, scores: np.ndarray, k: int,
