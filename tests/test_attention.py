@@ -109,13 +109,13 @@ def test_layer_norm_groups_are_approximate_and_reported():
 
 
 class MHABlock(nn.Module):
-    def __init__(self, batch_first, kdim=None):
+    def __init__(self, batch_first, kdim=None, cross=False):
         super().__init__()
         self.fc0 = nn.Linear(16, 32)
         self.mha = nn.MultiheadAttention(32, 4, batch_first=batch_first, kdim=kdim, vdim=kdim)
         self.mem = nn.Linear(16, kdim or 32)
         self.fc = nn.Linear(32, 5)
-        self.cross = kdim is not None
+        self.cross = cross or kdim is not None
 
     def forward(self, x, mask, pad):
         h = self.fc0(x)
@@ -125,9 +125,9 @@ class MHABlock(nn.Module):
 
 
 @pytest.mark.parametrize("batch_first", [True, False])
-@pytest.mark.parametrize("kdim", [None, 24])
-def test_multihead_attention_lowered_and_pruned(batch_first, kdim):
-    m = MHABlock(batch_first, kdim).eval()
+@pytest.mark.parametrize("kdim,cross", [(None, False), (None, True), (24, True)])
+def test_multihead_attention_lowered_and_pruned(batch_first, kdim, cross):
+    m = MHABlock(batch_first, kdim, cross).eval()
     x = torch.randn(2, 6, 16) if batch_first else torch.randn(6, 2, 16)
     mask = torch.rand(6, 6) > 0.7
     pad = torch.zeros(2, 6, dtype=torch.bool)

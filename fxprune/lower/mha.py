@@ -1,8 +1,7 @@
 """``nn.MultiheadAttention`` → linear projections (reading the module's own parameters, so the
 names are kept), view into heads, ``scaled_dot_product_attention`` with the scale pinned (or
 matmul/softmax when the attention weights are used), output projection. Cases it does not
-cover (packed projections with distinct query/key/value, bias_k/bias_v, add_zero_attn) stay
-leaves, whose channels are then kept.
+cover (bias_k/bias_v, add_zero_attn, is_causal) stay leaves, whose channels are then kept.
 """
 
 from __future__ import annotations
@@ -32,10 +31,8 @@ class Builder:
         return self.g.get_attr(target)
 
 
-def _lowerable(mha: nn.MultiheadAttention, q, k, v) -> bool:
-    if mha.bias_k is not None or mha.add_zero_attn:
-        return False
-    return (not mha._qkv_same_embed_dim) or (q is k and k is v)
+def _lowerable(mha: nn.MultiheadAttention) -> bool:
+    return mha.bias_k is None and not mha.add_zero_attn
 
 
 def lower_multihead_attention(gm: fx.GraphModule, name: str, mha: nn.MultiheadAttention,
@@ -48,7 +45,7 @@ def lower_multihead_attention(gm: fx.GraphModule, name: str, mha: nn.MultiheadAt
     extra = dict(zip(("key_padding_mask", "need_weights", "attn_mask", "average_attn_weights",
                       "is_causal"), node.args[3:]))
     kw.update(extra)
-    if not _lowerable(mha, q_in, k_in, v_in) or kw.get("is_causal"):
+    if not _lowerable(mha) or kw.get("is_causal"):
         return False
     users = list(node.users)
     if any(u.op != "call_function" or u.target is not operator.getitem for u in users):
@@ -62,11 +59,19 @@ def lower_multihead_attention(gm: fx.GraphModule, name: str, mha: nn.MultiheadAt
             return t if mha.batch_first else b.meth("transpose", t, 0, 1)
 
         q_t, k_t, v_t = batch_first(q_in), batch_first(k_in), batch_first(v_in)
-        if mha._qkv_same_embed_dim:
+        if mha._qkv_same_embed_dim and q_in is k_in and k_in is v_in:  # one packed projection
             w = b.attr(f"{name}.in_proj_weight")
             bias = b.attr(f"{name}.in_proj_bias") if mha.in_proj_bias is not None else None
             qkv = b.fn(F.linear, q_t, w, bias)
             q, k, v = (b.fn(operator.getitem, b.meth("chunk", qkv, 3, -1), i) for i in range(3))
+        elif mha._qkv_same_embed_dim:  # packed weights, distinct inputs: slices of the pack
+            w = b.attr(f"{name}.in_proj_weight")
+            full = b.attr(f"{name}.in_proj_bias") if mha.in_proj_bias is not None else None
+            q, k, v = (
+                b.fn(F.linear, t, b.fn(operator.getitem, w, slice(i * embed, (i + 1) * embed)),
+                     None if full is None else
+                     b.fn(operator.getitem, full, slice(i * embed, (i + 1) * embed)))
+                for i, t in enumerate((q_t, k_t, v_t)))
         else:
             biases = [None] * 3
             if mha.in_proj_bias is not None:

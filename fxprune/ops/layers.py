@@ -159,6 +159,10 @@ class Linear(Rule):
 
     def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
         xa = ctx.axes_of(node.args[0])
+        w_arg = arg(node, 1, "weight") if node.op != "call_module" else None
+        if isinstance(w_arg, fx.Node) and w_arg.op != "get_attr" and ctx.is_tensor(w_arg):
+            self._computed_weight(ctx, node, xa, w_arg)
+            return
         params = _weight_and_bias(ctx, node, "linear")
         if params is None:
             return
@@ -169,6 +173,17 @@ class Linear(Rule):
         ctx.link(w, 0, oc, "out")
         _link_bias(ctx, b, oc)
         ctx.set_out(list(xa[:-1]) + [oc])
+
+    def _computed_weight(self, ctx: AnalysisContext, node: fx.Node, xa, w_arg) -> None:
+        """F.linear(x, W[a:b]) - a slice of a packed parameter: tie through its own axes (the
+        parameter itself is sliced where its get_attr is), contract like a matmul."""
+        wa = ctx.axes_of(w_arg)
+        ctx.tie(wa[1], xa[-1])  # collapses a reshaped input: the slice follows sorted order
+        ctx.node_consumer(0, len(xa) - 1, ctx.ids(xa[-1]))
+        b = arg(node, 2, "bias")
+        if isinstance(b, fx.Node) and ctx.is_tensor(b):
+            ctx.tie(ctx.axes_of(b)[0], wa[0])
+        ctx.set_out(list(xa[:-1]) + [wa[0]])
 
     def rewrite(self, rctx, node: fx.Node) -> None:
         if node.op == "call_module":
