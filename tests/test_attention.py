@@ -155,10 +155,10 @@ def small_swin():
 
 
 def _blind_proof(model):
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1 and not p.any():
-                p.normal_(0, 0.02)
+    with torch.no_grad():  # zero heads / 1e-6 layer scales would make the oracle blind
+        for n, p in model.named_parameters():
+            if float(p.abs().max()) <= 1e-5:
+                p.normal_(1.0, 0.1) if "scale" in n else p.normal_(0, 0.02)
     return model.eval()
 
 

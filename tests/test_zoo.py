@@ -31,9 +31,9 @@ def _run(name: str):
     kwargs = {"init_weights": False} if name in ("inception_v3", "googlenet") else {}
     model = torchvision.models.get_model(name, **kwargs).eval()
     with torch.no_grad():  # zero-initialised heads would make the output 0: a blind oracle
-        for p in model.parameters():
-            if p.dim() > 1 and not p.any():
-                p.normal_(0, 0.02)
+        for n, p in model.named_parameters():  # zero heads / 1e-6 layer scales: blind oracle
+            if float(p.abs().max()) <= 1e-5:
+                p.normal_(1.0, 0.1) if "scale" in n else p.normal_(0, 0.02)
     x = torch.randn(1, 3, _size(name), _size(name))
     gm = fxprune.compress(model, x, ratio=0.5)
     rep = gm.meta["fxprune"].report

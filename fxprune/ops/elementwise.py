@@ -47,8 +47,9 @@ class GetAttr(Rule):
     def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
         if ctx.is_tensor(node):
             info = ctx.param(node.target)
-            for d in range(len(info.shape)):  # sliced along whatever its users tie it to
-                info.roles.setdefault(d, "attr")
+            for d, n in enumerate(info.shape):  # sliced along whatever its users tie it to
+                if n > 1:  # a size-1 (broadcast) dim stays
+                    info.roles.setdefault(d, "attr")
             ctx.set_out(list(info.axes))
         else:
             ctx.set_out(None)
