@@ -16,7 +16,7 @@ from .errors import RewriteError, VerificationError
 from .importance import Importance, get_importance
 from .ops.table import leaf_types
 from .passes import PruneChannels
-from .report import CompressResult, Report, count_flops, count_params
+from .report import CompressResult, Report, count_params
 from .select import Plan, select
 from .trace import trace
 from .verify import check
@@ -117,9 +117,7 @@ def compress(
                 "ignore=[...] the layers involved.")
     report = Report(
         params_before=count_params(graph.traced.gm), params_after=count_params(gm),
-        flops_before=count_flops(graph.traced.gm, example_inputs),
-        flops_after=count_flops(gm, example_inputs),
         groups=plan.groups, frozen=graph.frozen_reasons, notes=plan.notes, verify=result,
-        timings=times)
+        timings=times, models=(graph.traced.gm, gm, example_inputs))
     gm.meta["fxprune"] = CompressResult(plan, report, graph, np.asarray(removed))
     return gm

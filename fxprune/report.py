@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -34,13 +35,21 @@ def count_flops(model: torch.nn.Module, example_inputs: tuple) -> int:
 class Report:
     params_before: int
     params_after: int
-    flops_before: int
-    flops_after: int
     groups: dict[str, dict[str, int]]
     frozen: list[tuple[str, str, int]]
     notes: list[str]
     verify: VerifyResult | None
     timings: dict[str, float] = field(default_factory=dict)
+    models: tuple = field(default=(), repr=False)  # (original, pruned, example inputs)
+
+    @cached_property
+    def flops_before(self) -> int:
+        """FLOPs of the original (counted on first use: compress itself does not pay for it)."""
+        return count_flops(self.models[0], self.models[2])
+
+    @cached_property
+    def flops_after(self) -> int:
+        return count_flops(self.models[1], self.models[2])
 
     def summary(self) -> str:
         lines = [

@@ -37,9 +37,24 @@ class VerifyResult:
         return text
 
 
-def masked_original(graph: ChannelGraph, removed_units: np.ndarray) -> fx.GraphModule:
+def clone_as(module: torch.nn.Module, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """A deep copy whose floating tensors are converted once (and without fxprune's meta,
+    which holds the whole channel graph and the original model)."""
+    memo: dict[int, Any] = {}
+    for t in list(module.parameters()) + list(module.buffers()):
+        new = t.detach().to(dtype) if dtype is not None and t.is_floating_point() else t.detach()
+        new = new.clone()
+        memo[id(t)] = torch.nn.Parameter(new, t.requires_grad) if isinstance(
+            t, torch.nn.Parameter) else new
+    if isinstance(getattr(module, "meta", None), dict):
+        memo[id(module.meta)] = {}
+    return copy.deepcopy(module, memo)
+
+
+def masked_original(graph: ChannelGraph, removed_units: np.ndarray,
+                    dtype: torch.dtype | None = None) -> fx.GraphModule:
     """A copy of the traced original whose consumers of removed units read zeros."""
-    gm = copy.deepcopy(graph.traced.gm)
+    gm = clone_as(graph.traced.gm, dtype)
     dead = np.zeros(len(graph.labels), dtype=bool)
     dead[removed_units] = True
     with torch.no_grad():
@@ -118,10 +133,11 @@ def _cast(x: Any, dtype: torch.dtype) -> Any:
 
 
 def compare(reference: torch.nn.Module, pruned: torch.nn.Module, example_inputs: tuple,
-            dtype: torch.dtype = torch.float64, tol: float | None = None) -> VerifyResult:
+            dtype: torch.dtype = torch.float64, tol: float | None = None,
+            copy_reference: bool = True) -> VerifyResult:
     tol = TOLERANCE.get(dtype, 1e-2) if tol is None else tol
-    ref = copy.deepcopy(reference).to(dtype).eval()
-    new = copy.deepcopy(pruned).to(dtype).eval()
+    ref = (clone_as(reference, dtype) if copy_reference else reference).eval()
+    new = clone_as(pruned, dtype).eval()
     inputs = _cast(tuple(example_inputs), dtype)
     with torch.no_grad():
         a, b = _flatten(ref(*inputs)), _flatten(new(*inputs))
@@ -131,6 +147,11 @@ def compare(reference: torch.nn.Module, pruned: torch.nn.Module, example_inputs:
     scale = max([1e-30] + [float(x.abs().max()) for x in a if x.numel()])
     ok = bool(np.isfinite(err)) and err <= tol * scale
     return VerifyResult(ok, err, scale, tol, str(dtype).replace("torch.", ""))
+
+
+def _against_masked(graph, removed, pruned, example_inputs, dtype, tol) -> VerifyResult:
+    masked = masked_original(graph, removed, dtype)
+    return compare(masked, pruned, example_inputs, dtype, tol, copy_reference=False)
 
 
 def check(graph: ChannelGraph, removed: np.ndarray, pruned: fx.GraphModule,
@@ -144,13 +165,13 @@ def check(graph: ChannelGraph, removed: np.ndarray, pruned: fx.GraphModule,
     """
     approx = graph.approximate_units(removed)
     if approx.size == 0:
-        return compare(masked_original(graph, removed), pruned, example_inputs, dtype, tol), None
+        return _against_masked(graph, removed, pruned, example_inputs, dtype, tol), None
     from .passes import PruneChannels
 
     exact_removed = np.setdiff1d(removed, approx)
     exact_gm = PruneChannels(graph, exact_removed, check=False)(graph.traced.gm).graph_module
-    exact = compare(masked_original(graph, exact_removed), exact_gm, example_inputs, dtype, tol)
-    deviation = compare(masked_original(graph, removed), pruned, example_inputs, dtype, tol)
+    exact = _against_masked(graph, exact_removed, exact_gm, example_inputs, dtype, tol)
+    deviation = _against_masked(graph, removed, pruned, example_inputs, dtype, tol)
     return exact, deviation
 
 

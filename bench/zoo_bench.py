@@ -1,0 +1,231 @@
+"""fxprune against Torch-Pruning (TP) in the same run, model by model, each in a subprocess.
+
+    python bench/zoo_bench.py [MODEL ...] [--timeout 600] [--out bench/results/zoo_vs_tp]
+
+For every torchvision classification model (or the ones named): fxprune ``compress`` (L2,
+ratio 0.5) and TP 1.6 ``BasePruner`` (GroupMagnitudeImportance p=2, ratio 0.5, classifier
+ignored, the fixes TP's own examples apply: ViT ``hidden_dim``, MultiheadAttention
+``num_heads``). Records success, fxprune's verify, compile time (fxprune: trace -> rewrite;
+TP: pruner construction + step), params and FLOPs (``torch.utils.flop_counter`` for both),
+and CPU latency of dense / fxprune / TP models at batch 1 and 8, interleaved (A B C A B C ...)
+with medians. Writes CSV, a markdown table and summary lines. Needs the ``bench`` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CHILD = r"""
+import copy, json, statistics, sys, time, warnings
+import torch, torchvision
+warnings.filterwarnings("ignore")
+torch.manual_seed(0)
+sys.path.insert(0, "bench")
+from zoo_bench import child_main
+print("RESULT " + json.dumps(child_main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]))))
+"""
+
+
+def input_size(name: str) -> int:
+    return 224 if name.startswith(("vit_", "maxvit")) else 128
+
+
+def _fresh_model(name: str):
+    import torch
+    import torchvision
+
+    kw = {"init_weights": False} if name in ("inception_v3", "googlenet") else {}
+    model = torchvision.models.get_model(name, **kw).eval()
+    with torch.no_grad():  # zero heads / 1e-6 layer scales would make the oracle blind
+        for n, p in model.named_parameters():
+            if float(p.abs().max()) <= 1e-5:
+                p.normal_(1.0, 0.1) if "scale" in n else p.normal_(0, 0.02)
+    return model
+
+
+def _flops(model, x) -> int:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as c:
+        model(x)
+    return int(c.get_total_flops())
+
+
+def _tp_prune(model, x):
+    import torch.nn as nn
+    import torch_pruning as tp
+
+    classifier = [m for m in model.modules() if isinstance(m, nn.Linear)
+                  and m.out_features == 1000]
+    num_heads = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    pruner = tp.pruner.BasePruner(
+        model, x, importance=tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=0.5,
+        ignored_layers=classifier[-1:], num_heads=num_heads)
+    pruner.step()
+    if hasattr(model, "hidden_dim") and hasattr(model, "conv_proj"):  # TP's ViT example fix
+        model.hidden_dim = model.conv_proj.out_channels
+    return model
+
+
+def _latency(models: dict, x, budget_s: float) -> dict:
+    """Median seconds per forward, measured interleaved so drift hits every model alike."""
+    import torch
+
+    with torch.no_grad():
+        for m in models.values():
+            m(x)
+        t0 = time.perf_counter()
+        for m in models.values():
+            m(x)
+        one_round = time.perf_counter() - t0
+        rounds = int(max(3, min(15, budget_s / max(one_round, 1e-6))))
+        times = {k: [] for k in models}
+        for _ in range(rounds):
+            for k, m in models.items():
+                t = time.perf_counter()
+                m(x)
+                times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def child_main(name: str, size: int, budget: float) -> dict:
+    import torch
+
+    import fxprune
+
+    out: dict = {"name": name, "size": size}
+    x = torch.randn(1, 3, size, size)
+    dense = _fresh_model(name)
+    out["params"] = sum(p.numel() for p in dense.parameters())
+    out["flops"] = _flops(dense, x)
+    models = {"dense": dense}
+    try:
+        t0 = time.perf_counter()
+        gm = fxprune.compress(dense, x, ratio=0.5, verify=False)
+        out["fx_compile"] = time.perf_counter() - t0
+        res = fxprune.verify(gm)
+        out["fx_verify"] = "exact" if res.ok else "MISMATCH"
+        out["fx_approx"] = res.approx_deviation
+        out["fx_params"] = sum(p.numel() for p in gm.parameters())
+        out["fx_flops"] = _flops(gm, x)
+        models["fxprune"] = gm
+    except Exception as exc:  # noqa: BLE001 - recorded, the sweep goes on
+        out["fx_error"] = f"{type(exc).__name__}: {str(exc)[:160]}"
+    try:
+        import copy
+
+        tp_model = copy.deepcopy(dense)
+        t0 = time.perf_counter()
+        tp_model = _tp_prune(tp_model, x)
+        out["tp_compile"] = time.perf_counter() - t0
+        with torch.no_grad():
+            y = tp_model(x)
+        if tuple(y.shape) != (1, 1000):
+            raise RuntimeError(f"output shape {tuple(y.shape)}")
+        out["tp_params"] = sum(p.numel() for p in tp_model.parameters())
+        out["tp_flops"] = _flops(tp_model, x)
+        models["tp"] = tp_model
+    except Exception as exc:  # noqa: BLE001
+        out["tp_error"] = f"{type(exc).__name__}: {str(exc)[:160]}"
+    for batch in (1, 8):
+        xb = torch.randn(batch, 3, size, size)
+        for k, v in _latency(models, xb, budget).items():
+            out[f"lat{batch}_{k}"] = v
+    return out
+
+
+FIELDS = ["name", "size", "params", "flops", "fx_compile", "fx_verify", "fx_approx", "fx_params",
+          "fx_flops", "fx_error", "tp_compile", "tp_params", "tp_flops", "tp_error",
+          "lat1_dense", "lat1_fxprune", "lat1_tp", "lat8_dense", "lat8_fxprune", "lat8_tp"]
+
+
+def _fmt(v, digits=3):
+    if v is None or v == "":
+        return ""
+    return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+
+
+def _rel(r: dict, key: str, base: float) -> str:
+    """A ratio to the dense model, or the tool's error where it failed."""
+    if r.get(key):
+        return f"{r[key] / base:.2f}"
+    return r.get("tp_error" if "tp" in key else "fx_error", "")[:40]
+
+
+def summarise(rows: list[dict]) -> list[str]:
+    fx_ok = [r for r in rows if r.get("fx_verify") == "exact"]
+    tp_ok = [r for r in rows if "tp_compile" in r]
+    both = [r for r in rows if "fx_compile" in r and "tp_compile" in r]
+    lines = [f"models: {len(rows)}; fxprune compress+verify: {len(fx_ok)}; "
+             f"TP prune+run: {len(tp_ok)}"]
+    if both:
+        ratios = [r["fx_compile"] / r["tp_compile"] for r in both]
+        lines.append(f"compile time fxprune/TP: median {statistics.median(ratios):.2f}x "
+                     f"over {len(both)} models")
+    for r in rows:
+        if r.get("lat8_fxprune") and r.get("fx_flops"):
+            lat = r["lat8_fxprune"] / r["lat8_dense"]
+            flops = r["fx_flops"] / r["flops"]
+            tp = (f", TP {r['lat8_tp'] / r['lat8_dense']:.2f} at FLOPs "
+                  f"{r['tp_flops'] / r['flops']:.2f}") if r.get("lat8_tp") else ""
+            lines.append(f"{r['name']}: batch-8 latency {lat:.2f} at FLOPs {flops:.2f} "
+                         f"(latency/FLOPs {lat / flops:.2f}){tp}")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("models", nargs="*")
+    ap.add_argument("--timeout", type=int, default=600)
+    ap.add_argument("--budget", type=float, default=6.0, help="latency seconds per batch size")
+    ap.add_argument("--out", default="bench/results/zoo_vs_tp")
+    args = ap.parse_args()
+    import torchvision
+
+    names = args.models or torchvision.models.list_models(module=torchvision.models)
+    rows = []
+    for name in names:
+        try:
+            proc = subprocess.run([sys.executable, "-c", CHILD, name, str(input_size(name)),
+                                   str(args.budget)], capture_output=True, text=True,
+                                  timeout=args.timeout)
+            got = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            row = json.loads(got[-1][7:]) if got else {
+                "name": name, "fx_error": (proc.stderr.strip().splitlines() or ["?"])[-1][:160]}
+        except subprocess.TimeoutExpired:
+            row = {"name": name, "fx_error": f"timeout {args.timeout}s"}
+        rows.append(row)
+        print(json.dumps({k: _fmt(row.get(k)) for k in FIELDS if row.get(k) is not None}),
+              flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{out}.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=FIELDS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in FIELDS})
+    head = ("| model | fxprune | compile fx s | compile TP s | params fx | params TP | FLOPs fx |"
+            " FLOPs TP | b8 latency fx | b8 latency TP |")
+    lines = [head, "|---" * 10 + "|"]
+    for r in rows:
+        p, f, d = r.get("params", 1), r.get("flops", 1), r.get("lat8_dense", 1)
+        cells = [_rel(r, "fx_params", p), _rel(r, "tp_params", p), _rel(r, "fx_flops", f),
+                 _rel(r, "tp_flops", f), _rel(r, "lat8_fxprune", d), _rel(r, "lat8_tp", d)]
+        lines.append(f"| {r['name']} | {r.get('fx_verify', r.get('fx_error', ''))[:40]} | "
+                     f"{_fmt(r.get('fx_compile'))} | {_fmt(r.get('tp_compile'))} | "
+                     + " | ".join(cells) + " |")
+    summary = summarise(rows)
+    Path(f"{out}.md").write_text("\n".join(lines + [""] + summary) + "\n")
+    print("\n".join(summary))
+
+
+if __name__ == "__main__":
+    main()
