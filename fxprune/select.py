@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch.nn as nn
 
+from .analyze.elements import unique
 from .analyze.graph import ChannelGraph, Group
 from .errors import SelectionError
 
@@ -42,7 +43,7 @@ class Plan:
             if info is None:
                 raise SelectionError(f"plan names {qual!r}, which the model does not have")
             out.append(graph.labels[info.axes[int(dim)].comp.ids[np.asarray(positions, int)]])
-        return np.unique(np.concatenate(out)) if out else np.zeros(0, dtype=np.int64)
+        return unique(np.concatenate(out)) if out else np.zeros(0, dtype=np.int64)
 
 
 def _module_of(member: str) -> str:
@@ -127,8 +128,10 @@ def select(
         summary[g.name] = {"before": g.size, "after": g.size - len(gone)}
     removed_units = np.concatenate(removed) if removed else np.zeros(0, dtype=np.int64)
     removed_units = _keep_nonempty(graph, removed_units, scores, notes)
+    gone_mask = np.zeros(len(graph.labels), dtype=bool)
+    gone_mask[removed_units] = True
     for g in active:
-        summary[g.name]["after"] = g.size - int(np.isin(g.units, removed_units).sum())
+        summary[g.name]["after"] = g.size - int(gone_mask[g.units].sum())
     return _to_plan(graph, removed_units, summary, notes)
 
 
@@ -229,7 +232,7 @@ def _constrained(graph: ChannelGraph, g: Group, units: np.ndarray, scores: np.nd
         if rows.shape[0] > 1:
             labs.append(rows)
     flat = np.concatenate([lab[in_group[lab]] for lab in labs]) if labs else np.zeros(0, int)
-    if flat.size and np.unique(flat).size != flat.size:
+    if flat.size and unique(flat).size != flat.size:
         notes.append(f"{g.name}: overlapping equal-count constraints; group kept whole")
         return np.zeros(0, dtype=np.int64)
     frac = k / max(units.size, 1)

@@ -158,3 +158,15 @@ def axis_ids(axis: Axis) -> np.ndarray:
     """Element ids of a *full* axis in tensor-dim order (transposed to ``ldims``, flattened)."""
     ids = axis.comp.ids
     return np.transpose(ids, axis.ldims).reshape(-1)
+
+
+def unique(a: np.ndarray) -> np.ndarray:
+    """Sorted distinct values. (numpy 2's hash-based ``np.unique`` is several times slower on
+    the large integer arrays of the channel graph than sorting.)"""
+    s = np.sort(np.asarray(a).reshape(-1))
+    if s.size < 2:
+        return s
+    keep = np.empty(s.size, dtype=bool)
+    keep[0] = True
+    np.not_equal(s[1:], s[:-1], out=keep[1:])
+    return s[keep]

@@ -11,7 +11,7 @@ import numpy as np
 from ..ops.table import rule_for
 from ..trace import Traced
 from .context import AnalysisContext, EqualCount, ParamInfo
-from .elements import Comp
+from .elements import Comp, unique
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class HeadFamily:
         out = []
         for h in range(self.size):
             parts = [labels[np.take(c.ids, h, axis=d)].reshape(-1) for c, d in self.members]
-            out.append(np.unique(np.concatenate(parts)))
+            out.append(unique(np.concatenate(parts)))
         return out
 
 
@@ -126,10 +126,17 @@ def build(traced: Traced, freeze_nodes: frozenset[str] = frozenset()) -> Channel
     quiet = ("graph input", "parameter dim that no rule slices", "reduced dim", "new dim")
     if space.frozen:
         frozen[labels[np.concatenate([fr.ids for fr in space.frozen])]] = True
-    for fr in space.frozen:
-        if fr.reason not in quiet and not fr.reason.startswith("spatial"):
-            key = (fr.node, fr.reason)
-            reasons[key] = reasons.get(key, 0) + int(np.unique(labels[fr.ids]).size)
+    shown = [fr for fr in space.frozen
+             if fr.reason not in quiet and not fr.reason.startswith("spatial")]
+    if shown:  # distinct units per (node, reason), with one sort
+        keys = {}
+        code = np.concatenate([np.full(fr.ids.size, keys.setdefault((fr.node, fr.reason),
+                                                                    len(keys)))
+                               for fr in shown])
+        lab = np.concatenate([labels[fr.ids] for fr in shown])
+        pair = unique(lab * len(keys) + code)
+        counts = np.bincount(pair % len(keys), minlength=len(keys))
+        reasons = {k: int(counts[i]) for k, i in keys.items()}
     approx = np.zeros(n, dtype=bool)
     for ids, _, _ in ctx.approx:
         approx[labels[ids]] = True
@@ -192,20 +199,22 @@ def _live_constraints(ctx: AnalysisContext) -> list[EqualCount]:
 def _group(ctx: AnalysisContext, labels: np.ndarray, frozen: np.ndarray,
            constraints: list[EqualCount]) -> list[Group]:
     """Units with the same set of param slices form a group; constraints merge groups."""
-    keys, unit_of, names = [], [], []
+    all_labels, all_axes, names = [], [], []
     for info in ctx.params.values():
         for dim, ax in enumerate(info.axes):
-            lab = np.unique(labels[ax.comp.ids])
-            lab = lab[~frozen[lab]]
-            if lab.size:
-                unit_of.append(lab)
-                keys.append(np.full(lab.size, len(names), dtype=np.int64))
-                role = info.roles.get(dim, "")
-                names.append((f"{info.qualname}[{dim}]", role))
-    if not unit_of:
+            all_labels.append(labels[ax.comp.ids].reshape(-1))
+            all_axes.append(np.full(ax.comp.ids.size, len(names), dtype=np.int64))
+            names.append((f"{info.qualname}[{dim}]", info.roles.get(dim, "")))
+    if not all_labels:
         return []
-    units = np.concatenate(unit_of)
-    axis_idx = np.concatenate(keys)
+    # one sort for all (unit, param slice) pairs instead of one unique per slice
+    lab, axi = np.concatenate(all_labels), np.concatenate(all_axes)
+    pairs = unique(lab * len(names) + axi)
+    units, axis_idx = pairs // len(names), pairs % len(names)
+    live = ~frozen[units]
+    units, axis_idx = units[live], axis_idx[live]
+    if not units.size:
+        return []
     rng = np.random.default_rng(0)
     salt = rng.integers(1, 2**62, size=len(names), dtype=np.int64).astype(np.uint64)
     uniq_units, inv = np.unique(units, return_inverse=True)
@@ -226,14 +235,15 @@ def _group(ctx: AnalysisContext, labels: np.ndarray, frozen: np.ndarray,
     attached: dict[int, list[EqualCount]] = {}
     for c in constraints:
         g = lookup[labels[c.blocks.reshape(-1)]]
-        g = np.unique(g[g >= 0])
+        g = unique(g[g >= 0])
         for other in g[1:]:
             parent[find(int(other))] = find(int(g[0]))
         if g.size:
             attached.setdefault(int(g[0]), []).append(c)
     root = np.array([find(i) for i in range(len(parent))])
     final = root[sig_group]
-    pair = np.unique(np.stack([final[inv], axis_idx]), axis=1)
+    code = unique(final[inv] * len(names) + axis_idx)
+    pair = np.stack([code // len(names), code % len(names)])
     pair_split = np.split(pair[1], np.flatnonzero(np.diff(pair[0])) + 1)
     by_group = np.argsort(final, kind="stable")
     unit_split = np.split(uniq_units[by_group], np.flatnonzero(np.diff(final[by_group])) + 1)
@@ -242,7 +252,7 @@ def _group(ctx: AnalysisContext, labels: np.ndarray, frozen: np.ndarray,
         cons_of.setdefault(int(root[k]), []).extend(cs)
     groups: list[Group] = []
     for gid, (r, touched, members_units) in enumerate(
-            zip(np.unique(final), pair_split, unit_split)):
+            zip(unique(final), pair_split, unit_split)):
         member_names = [names[i][0] for i in touched]
         producers = [names[i][0] for i in touched if names[i][1] == "out"]
         groups.append(Group(gid, producers[0] if producers else member_names[0],

@@ -15,7 +15,8 @@ class GroupMagnitude(Importance):
 
     def scores(self, graph) -> np.ndarray:
         n = len(graph.labels)
-        acc = np.zeros(n, dtype=np.float64)
+        labs: list[np.ndarray] = []
+        vals_all: list[np.ndarray] = []
         gm = graph.traced.gm
         params = dict(gm.named_parameters())
         for info in graph.params.values():
@@ -28,7 +29,8 @@ class GroupMagnitude(Importance):
                     continue
                 other = [d for d in range(w.dim()) if d != dim]
                 vals = w.sum(dim=other) if other else w
-                acc += np.bincount(graph.labels[ax.comp.ids], vals.double().numpy(), n)
+                labs.append(graph.labels[ax.comp.ids])
+                vals_all.append(vals.double().numpy())
         for c in graph.ctx.consumers:
             t = params.get(c.qualname)
             if t is None or len(c.dims) < 2:
@@ -36,7 +38,11 @@ class GroupMagnitude(Importance):
             w = t.detach().float().abs() ** self.p
             other = [d for d in range(w.dim()) if d not in c.dims]
             vals = (w.sum(dim=other) if other else w).double().numpy()
-            acc += np.bincount(graph.labels[c.ids.reshape(-1)], vals.reshape(-1), n)
+            labs.append(graph.labels[c.ids.reshape(-1)])
+            vals_all.append(vals.reshape(-1))
+        if not labs:
+            return np.zeros(n)
+        acc = np.bincount(np.concatenate(labs), np.concatenate(vals_all), n)  # one pass
         return acc ** (1.0 / self.p)
 
 
