@@ -35,8 +35,10 @@ class PruneChannels(PassBase):
         self.check = check
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
-        new_gm = copy.deepcopy(graph_module)
         keep = self.graph.keep_mask(self.removed_units)
+        sliced = _sliced_params(self.graph, keep)
+        # the copy takes the sliced tensors directly: no parameter is copied twice
+        new_gm = copy.deepcopy(graph_module, _memo(graph_module, sliced))
         rctx = RewriteContext(self.graph, keep, new_gm)
         nodes = {n.name: n for n in new_gm.graph.nodes}
         for node in list(self.graph.traced.gm.graph.nodes):
@@ -49,7 +51,10 @@ class PruneChannels(PassBase):
                 except Exception as exc:  # noqa: BLE001 - the fallback freezes this node
                     raise RewriteError(f"rule {rule.name} could not rewrite {node.name}: {exc}",
                                        node=node.name) from exc
-        modified = _slice_params(rctx, new_gm)
+        for qual, tensor in rctx.new_params.items():  # rules that build a tensor themselves
+            _assign(new_gm, qual, tensor.contiguous())
+        modified = bool(rctx.new_params) or any(
+            tuple(t.shape) != self.graph.params[q].shape for q, t in sliced.items())
         new_gm.graph.lint()
         new_gm.recompile()
         if self.check:
@@ -57,23 +62,36 @@ class PruneChannels(PassBase):
         return PassResult(new_gm, modified)
 
 
-def _slice_params(rctx: RewriteContext, gm: fx.GraphModule) -> bool:
-    modified = False
-    for qual, info in rctx.graph.params.items():
-        if qual in rctx.new_params:
-            new = rctx.new_params[qual]
-        else:
-            new = rctx.original(qual)
-            for dim, ax in enumerate(info.axes):
-                order_axis = info.order.get(dim, ax)
-                pos = kept_positions(order_axis, rctx.keep)
-                if len(pos) != info.shape[dim] or not np.array_equal(pos, np.arange(len(pos))):
-                    new = new.index_select(dim, torch.as_tensor(pos, device=new.device))
-        if tuple(new.shape) == info.shape and qual not in rctx.new_params:
+def _sliced_params(graph: ChannelGraph, keep: np.ndarray) -> dict[str, torch.Tensor]:
+    """Every analysed parameter/buffer sliced along its axes, in the order the pruned tensors
+    hold the channels."""
+    out = {}
+    gm = graph.traced.gm
+    for qual, info in graph.params.items():
+        try:
+            new = gm.get_parameter(qual).detach()
+        except AttributeError:
+            new = gm.get_buffer(qual)
+        for dim, ax in enumerate(info.axes):
+            pos = kept_positions(info.order.get(dim, ax), keep)
+            if len(pos) != info.shape[dim] or not np.array_equal(pos, np.arange(len(pos))):
+                new = new.index_select(dim, torch.as_tensor(pos, device=new.device))
+        out[qual] = new
+    return out
+
+
+def _memo(gm: fx.GraphModule, sliced: dict[str, torch.Tensor]) -> dict[int, object]:
+    """deepcopy memo: each parameter/buffer object maps to its pruned (or cloned) copy."""
+    memo: dict[int, object] = {}
+    for qual, t in list(gm.named_parameters(remove_duplicate=False)) + list(
+            gm.named_buffers(remove_duplicate=False)):
+        if id(t) in memo:
             continue
-        modified = True
-        _assign(gm, qual, new.contiguous())
-    return modified
+        new = sliced.get(qual)
+        new = t.detach().clone() if new is None else new.contiguous().clone()
+        memo[id(t)] = torch.nn.Parameter(new, requires_grad=t.requires_grad) if isinstance(
+            t, torch.nn.Parameter) else new
+    return memo
 
 
 def _assign(gm: fx.GraphModule, qual: str, tensor: torch.Tensor) -> None:
