@@ -1,7 +1,8 @@
 """Importance plugins: one score per unit; higher means keep."""
 
-from .base import Importance, get_importance, register
+from .base import Importance, available, get_importance, register
 from .magnitude import GroupMagnitude
 from .random import RandomImportance
 
-__all__ = ["GroupMagnitude", "Importance", "RandomImportance", "get_importance", "register"]
+__all__ = ["GroupMagnitude", "Importance", "RandomImportance", "available", "get_importance",
+           "register"]

@@ -28,6 +28,11 @@ def register(name: str, factory: Callable[..., Importance]) -> None:
     _REGISTRY[name] = factory
 
 
+def available() -> list[str]:
+    """Names of the registered importances (later plugins appear here when imported)."""
+    return sorted(_REGISTRY)
+
+
 def get_importance(spec: str | Importance) -> Importance:
     if isinstance(spec, Importance):
         return spec
