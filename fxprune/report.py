@@ -71,10 +71,21 @@ class Report:
 
 @dataclass
 class CompressResult:
-    """Stored as ``gm.meta["fxprune"]`` on the pruned module."""
+    """Stored as ``gm.meta["fxprune"]`` on the pruned module.
+
+    It refers to the channel graph and the traced original, so copies of the pruned module
+    share it instead of copying the original model along, and pickling keeps only the plan.
+    """
 
     plan: Plan
     report: Report
-    graph: ChannelGraph
+    graph: ChannelGraph | None
     removed_units: np.ndarray
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __deepcopy__(self, memo: dict) -> CompressResult:
+        return self
+
+    def __getstate__(self) -> dict:
+        return {"plan": self.plan, "report": None, "graph": None,
+                "removed_units": self.removed_units, "extra": {}}
