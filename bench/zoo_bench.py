@@ -167,6 +167,16 @@ def _fmt(v, digits=3):
     return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
 
 
+def _num(v: str):
+    try:
+        return int(v)
+    except ValueError:
+        try:
+            return float(v)
+        except ValueError:
+            return v
+
+
 def _rel(r: dict, key: str, base: float) -> str:
     """A ratio to the dense model, or the tool's error where it failed."""
     if r.get(key):
@@ -201,11 +211,17 @@ def main() -> None:
     ap.add_argument("--timeout", type=int, default=600)
     ap.add_argument("--budget", type=float, default=6.0, help="latency seconds per batch size")
     ap.add_argument("--out", default="bench/results/zoo_vs_tp")
+    ap.add_argument("--from-log", help="rebuild the tables from the JSON lines of a run")
     args = ap.parse_args()
     import torchvision
 
     names = args.models or torchvision.models.list_models(module=torchvision.models)
     rows = []
+    if args.from_log:
+        names = []
+        for line in Path(args.from_log).read_text().splitlines():
+            if line.startswith("{"):
+                rows.append({k: _num(v) for k, v in json.loads(line).items()})
     for name in names:
         try:
             proc = subprocess.run([sys.executable, "-c", CHILD, name, str(input_size(name)),
