@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 
 CHILD = r"""
-import copy, json, statistics, sys, time, warnings
+import copy, json, os, resource, statistics, sys, time, warnings
+limit = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.6)
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))  # a tool that explodes fails alone
 import torch, torchvision
 warnings.filterwarnings("ignore")
 torch.manual_seed(0)
