@@ -65,8 +65,9 @@ def _tp_prune(model, x):
     import torch.nn as nn
     import torch_pruning as tp
 
-    classifier = [m for m in model.modules() if isinstance(m, nn.Linear)
-                  and m.out_features == 1000]
+    classifier = [m for m in model.modules()  # Linear heads, and SqueezeNet's conv head
+                  if (isinstance(m, nn.Linear) and m.out_features == 1000)
+                  or (isinstance(m, nn.Conv2d) and m.out_channels == 1000)]
     num_heads = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
     pruner = tp.pruner.BasePruner(
         model, x, importance=tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=0.5,
