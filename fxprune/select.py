@@ -144,12 +144,18 @@ def _keep_nonempty(graph: ChannelGraph, removed: np.ndarray, scores: np.ndarray,
     unit_group = np.full(len(graph.labels), -1, dtype=np.int64)
     for g in graph.groups:
         unit_group[g.units] = g.gid
-    changed = True
-    while changed:
-        changed = False
-        for ids in _tensor_dims(graph):
-            lab = graph.labels[ids]
-            if not dead[lab].all():
+    dims = [ids for ids in _tensor_dims(graph)]
+    if not dims:
+        return removed
+    flat = graph.labels[np.concatenate(dims)]
+    starts = np.cumsum([0] + [d.size for d in dims[:-1]])
+    while True:  # vectorised: one pass over every tensor dim per round, rounds are rare
+        empty = np.flatnonzero(np.add.reduceat(~dead[flat], starts) == 0)
+        if not empty.size:
+            break
+        for i in empty:
+            lab = graph.labels[dims[i]]
+            if not dead[lab].all():  # revived by an earlier one of this round
                 continue
             best = lab[np.argmax(scores[lab])]
             g = graph.groups[unit_group[best]] if unit_group[best] >= 0 else None
@@ -158,7 +164,6 @@ def _keep_nonempty(graph: ChannelGraph, removed: np.ndarray, scores: np.ndarray,
                 notes.append(f"{g.name}: kept whole so that no tensor is left empty")
             else:
                 dead[best] = False
-            changed = True
     return np.flatnonzero(dead)
 
 

@@ -7,6 +7,7 @@ frontend (torch.export) only has to produce the same object.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import traceback
@@ -34,6 +35,14 @@ class Traced:
     gm: fx.GraphModule
     values: dict[str, Any] = field(default_factory=dict)  # node name -> TensorSpec | python value
     example_inputs: tuple = ()
+
+    @functools.cached_property
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every parameter and buffer by qualified name (aliases included), looked up once:
+        ``get_parameter`` walks the module path on every call."""
+        out = dict(self.gm.named_buffers(remove_duplicate=False))
+        out.update(self.gm.named_parameters(remove_duplicate=False))
+        return out
 
 
 class _Tracer(fx.Tracer):

@@ -117,8 +117,7 @@ class AnalysisContext:
     def param(self, qualname: str) -> ParamInfo:
         info = self.params.get(qualname)
         if info is None:
-            t = self.gm.get_parameter(qualname) if _is_param(self.gm, qualname) else (
-                self.gm.get_buffer(qualname))
+            t = self.traced.tensors[qualname]
             shape = tuple(t.shape)
             info = ParamInfo(qualname, shape, [plain_axis(self.space.alloc(n)) for n in shape])
             self.params[qualname] = info
@@ -242,14 +241,6 @@ class AnalysisContext:
 
     def _where(self) -> str:
         return self.node.name if self.node is not None else ""
-
-
-def _is_param(gm: torch.nn.Module, qualname: str) -> bool:
-    try:
-        gm.get_parameter(qualname)
-        return True
-    except AttributeError:
-        return False
 
 
 def _flat_args(node: fx.Node) -> list[Any]:

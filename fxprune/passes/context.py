@@ -16,10 +16,10 @@ from ..trace import TensorSpec
 
 
 class RewriteContext:
-    def __init__(self, graph: ChannelGraph, keep: np.ndarray, new_gm: fx.GraphModule):
+    def __init__(self, graph: ChannelGraph, keep: np.ndarray, new_root: torch.nn.Module):
         self.graph = graph
         self.keep = keep
-        self.new_gm = new_gm
+        self.new_root = new_root  # the copied module tree the new GraphModule is built on
         self.values = graph.traced.values
         self.modules = graph.ctx.modules  # the original modules: read attributes here
         self.new_params: dict[str, torch.Tensor] = {}
@@ -57,14 +57,10 @@ class RewriteContext:
 
     # ---- parameters and modules ----------------------------------------------------------
     def module(self, target: str) -> torch.nn.Module:
-        return self.new_gm.get_submodule(target)
+        return self.new_root.get_submodule(target)
 
     def original(self, qualname: str) -> torch.Tensor:
-        gm = self.graph.traced.gm
-        try:
-            return gm.get_parameter(qualname).detach()
-        except AttributeError:
-            return gm.get_buffer(qualname)
+        return self.graph.traced.tensors[qualname].detach()
 
     def weight_name(self, node: fx.Node, index: int) -> str:
         if node.op == "call_module":

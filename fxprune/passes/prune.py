@@ -25,7 +25,7 @@ class PruneChannels(PassBase):
     """Remove ``removed_units`` of ``graph`` from the GraphModule it was built from.
 
     Follows torch.fx's pass convention, so it composes in a ``PassManager``; the input
-    module is deep-copied, never modified.
+    module is copied, never modified.
     """
 
     def __init__(self, graph: ChannelGraph, removed_units: np.ndarray, check: bool = True):
@@ -37,10 +37,12 @@ class PruneChannels(PassBase):
     def call(self, graph_module: fx.GraphModule) -> PassResult:
         keep = self.graph.keep_mask(self.removed_units)
         sliced = _sliced_params(self.graph, keep)
-        # the copy takes the sliced tensors directly: no parameter is copied twice
-        new_gm = copy.deepcopy(graph_module, _memo(graph_module, sliced))
-        rctx = RewriteContext(self.graph, keep, new_gm)
-        nodes = {n.name: n for n in new_gm.graph.nodes}
+        # a structural copy that takes the sliced tensors directly: no parameter is copied
+        # twice, and the GraphModule is compiled once, after the rules have rewritten it
+        root = copy_modules(graph_module, _memo(self.graph.traced.tensors, sliced))
+        new_graph = copy.deepcopy(graph_module.graph)
+        rctx = RewriteContext(self.graph, keep, root)
+        nodes = {n.name: n for n in new_graph.nodes}
         for node in list(self.graph.traced.gm.graph.nodes):
             if node.op in ("call_module", "call_function", "call_method"):
                 rule = rule_for(node, self.graph.ctx.modules)
@@ -52,11 +54,11 @@ class PruneChannels(PassBase):
                     raise RewriteError(f"rule {rule.name} could not rewrite {node.name}: {exc}",
                                        node=node.name) from exc
         for qual, tensor in rctx.new_params.items():  # rules that build a tensor themselves
-            _assign(new_gm, qual, tensor.contiguous())
+            _assign(root, qual, tensor.contiguous())
         modified = bool(rctx.new_params) or any(
             tuple(t.shape) != self.graph.params[q].shape for q, t in sliced.items())
+        new_gm = fx.GraphModule(root, new_graph, type(graph_module).__name__)
         new_gm.graph.lint()
-        new_gm.recompile()
         if self.check:
             check_shapes(rctx, new_gm)
         return PassResult(new_gm, modified)
@@ -66,12 +68,9 @@ def _sliced_params(graph: ChannelGraph, keep: np.ndarray) -> dict[str, torch.Ten
     """Every analysed parameter/buffer sliced along its axes, in the order the pruned tensors
     hold the channels."""
     out = {}
-    gm = graph.traced.gm
+    tensors = graph.traced.tensors
     for qual, info in graph.params.items():
-        try:
-            new = gm.get_parameter(qual).detach()
-        except AttributeError:
-            new = gm.get_buffer(qual)
+        new = tensors[qual].detach()
         for dim, ax in enumerate(info.axes):
             pos = kept_positions(info.order.get(dim, ax), keep)
             if len(pos) != info.shape[dim] or not np.array_equal(pos, np.arange(len(pos))):
@@ -80,11 +79,10 @@ def _sliced_params(graph: ChannelGraph, keep: np.ndarray) -> dict[str, torch.Ten
     return out
 
 
-def _memo(gm: fx.GraphModule, sliced: dict[str, torch.Tensor]) -> dict[int, object]:
-    """deepcopy memo: each parameter/buffer object maps to its pruned (or cloned) copy."""
+def _memo(tensors: dict[str, torch.Tensor], sliced: dict[str, torch.Tensor]) -> dict[int, object]:
+    """Each parameter/buffer object mapped to its pruned (or cloned) copy."""
     memo: dict[int, object] = {}
-    for qual, t in list(gm.named_parameters(remove_duplicate=False)) + list(
-            gm.named_buffers(remove_duplicate=False)):
+    for qual, t in tensors.items():
         if id(t) in memo:
             continue
         new = sliced.get(qual)
@@ -94,7 +92,49 @@ def _memo(gm: fx.GraphModule, sliced: dict[str, torch.Tensor]) -> dict[int, obje
     return memo
 
 
-def _assign(gm: fx.GraphModule, qual: str, tensor: torch.Tensor) -> None:
+_ATOMS = (int, float, bool, str, type(None))
+
+
+def copy_modules(module: torch.nn.Module, memo: dict[int, object],
+                 top: bool = True) -> torch.nn.Module:
+    """A copy of ``module``'s tree whose tensors come from ``memo``.
+
+    Much cheaper than ``copy.deepcopy``: atoms are shared, empty hook dicts are recreated,
+    and only other attributes (rare) go through deepcopy with the same memo. A GraphModule
+    becomes a plain Module holding its children and tensors; the caller compiles a new
+    GraphModule on it.
+    """
+    if id(module) in memo:
+        return memo[id(module)]
+    if isinstance(module, fx.GraphModule) and not top:  # a nested one keeps its own code
+        return copy.deepcopy(module, memo)
+    if isinstance(module, fx.GraphModule):
+        new = torch.nn.Module()
+        items = {k: module.__dict__[k] for k in ("_parameters", "_buffers", "_modules",
+                                                 "_non_persistent_buffers_set")}
+    else:
+        new = module.__class__.__new__(module.__class__)
+        items = module.__dict__
+    memo[id(module)] = new
+    state = {}
+    for key, value in items.items():
+        if key in ("_parameters", "_buffers"):
+            state[key] = type(value)(
+                (k, None if v is None else memo[id(v)]) for k, v in value.items())
+        elif key == "_modules":
+            state[key] = type(value)(
+                (k, None if v is None else copy_modules(v, memo, False)) for k, v in value.items())
+        elif isinstance(value, _ATOMS):
+            state[key] = value
+        elif isinstance(value, dict) and not value:
+            state[key] = value.copy()
+        else:
+            state[key] = copy.deepcopy(value, memo)
+    new.__dict__.update(state)
+    return new
+
+
+def _assign(gm: torch.nn.Module, qual: str, tensor: torch.Tensor) -> None:
     owner_name, _, local = qual.rpartition(".")
     owner = gm.get_submodule(owner_name) if owner_name else gm
     old = getattr(owner, local)
