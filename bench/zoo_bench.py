@@ -29,6 +29,7 @@ resource.setrlimit(resource.RLIMIT_AS, (limit, limit))  # a tool that explodes f
 import torch, torchvision
 warnings.filterwarnings("ignore")
 torch.manual_seed(0)
+torch.set_num_threads(int(sys.argv[4]))
 sys.path.insert(0, "bench")
 from zoo_bench import child_main
 print("RESULT " + json.dumps(child_main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]))))
@@ -266,7 +267,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("models", nargs="*")
     ap.add_argument("--timeout", type=int, default=600)
-    ap.add_argument("--budget", type=float, default=6.0, help="latency seconds per batch size")
+    ap.add_argument("--budget", type=float, default=4.0, help="latency seconds per batch size")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads per model (1: one core, steady beside other work)")
     ap.add_argument("--out", default="bench/results/zoo_vs_tp")
     ap.add_argument("--from-log", help="rebuild the tables from the JSON lines of a run")
     args = ap.parse_args()
@@ -282,7 +285,8 @@ def main() -> None:
     for name in names:
         try:
             proc = subprocess.run([sys.executable, "-c", CHILD, name, str(input_size(name)),
-                                   str(args.budget)], capture_output=True, text=True,
+                                   str(args.budget), str(args.threads)],
+                                  capture_output=True, text=True,
                                   timeout=args.timeout)
             got = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             row = json.loads(got[-1][7:]) if got else {

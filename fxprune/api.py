@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -13,13 +13,15 @@ import torch.fx as fx
 
 from .analyze.graph import ChannelGraph, build
 from .errors import RewriteError, VerificationError
-from .importance import Importance, get_importance
+from .importance import Calibration, Importance, get_importance
 from .ops.table import leaf_types
 from .passes import PruneChannels
+from .passes.compensate import METHODS
+from .passes.compensate import compensate as run_compensation
 from .report import CompressResult, Report, count_params
 from .select import Plan, select
 from .trace import trace
-from .verify import check
+from .verify import check, compare
 
 log = logging.getLogger(__name__)
 MAX_REWRITE_RETRIES = 8
@@ -52,6 +54,12 @@ def compress(
     verify: bool = True,
     leaf_modules: Iterable[type | str] = (),
     concrete_args: dict[str, Any] | None = None,
+    calibration: Iterable | None = None,
+    max_batches: int | None = None,
+    tap: str = "post_act",
+    loss_fn: Callable[[Any, Any], Any] | None = None,
+    compensate: str | None = None,
+    ridge: float = 1e-3,
 ) -> fx.GraphModule:
     """Return a new, smaller GraphModule; ``model`` is not modified.
 
@@ -65,6 +73,13 @@ def compress(
     against the masked original in float64 and :class:`VerificationError` is raised on any
     mismatch. The Plan, the Report and the channel
     graph are in ``gm.meta["fxprune"]``.
+
+    Data-driven importances (``cfdp``, ``qsfm``, ``hrank``; ``taylor`` with ``loss_fn``) read
+    ``calibration``: any iterable of batches (tensors, or ``(inputs..., target)`` tuples as a
+    DataLoader yields), at most ``max_batches``, observed at ``tap`` ("post_act" or
+    "producer"). ``compensate="lstsq"`` or ``"merge"`` then refits the layers that read
+    removed channels from the same data (``"none"`` turns off a plugin's default); verify
+    still proves the uncompensated rewrite exact and the report gives the deviation.
     """
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
@@ -75,12 +90,21 @@ def compress(
                    concrete_args=concrete_args)
     frozen_nodes: frozenset[str] = frozenset()
     user_plan = plan
+    imp = get_importance(importance)
+    calib = Calibration(calibration, max_batches, tap, loss_fn)
+    method = compensate if compensate is not None else getattr(imp, "compensate", None)
+    method = None if method in ("none", False) else method
+    if method is not None and method not in METHODS:
+        raise ValueError(f"compensate={method!r}: use one of {METHODS} or 'none'")
+    if method is not None and calibration is None:
+        raise ValueError(f"compensate={method!r} fits the consumers on activations: pass "
+                         "calibration=<iterable of input batches>")
     for _attempt in range(MAX_REWRITE_RETRIES + 1):
         graph = build(traced, frozen_nodes)
         times["analyze"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if user_plan is None:
-            scores = get_importance(importance).scores(graph)
+            scores = imp.scores(graph, calib)
             plan = select(graph, scores, ratio=ratio, ratios=ratios, ignore=ignore,
                           global_ranking=global_ranking, min_channels=min_channels,
                           round_to=round_to, exact_only=exact_only,
@@ -115,9 +139,29 @@ def compress(
                 f"fxprune produced a model that differs from the masked original ({result}). "
                 "This is a bug in an op rule: please report it with the model. Workaround: "
                 "ignore=[...] the layers involved.")
+    extra: dict[str, Any] = {}
+    comp_report = None
+    if method is not None:
+        t0 = time.perf_counter()
+        comp_report, extra["uncompensated"] = _compensate(
+            gm, graph, np.asarray(removed), calibration, method, ridge, max_batches)
+        times["compensate"] = time.perf_counter() - t0
     report = Report(
         params_before=count_params(graph.traced.gm), params_after=count_params(gm),
         groups=plan.groups, frozen=graph.frozen_reasons, notes=plan.notes, verify=result,
-        timings=times, models=(graph.traced.gm, gm, example_inputs))
-    gm.meta["fxprune"] = CompressResult(plan, report, graph, np.asarray(removed))
+        timings=times, models=(graph.traced.gm, gm, example_inputs), compensation=comp_report)
+    gm.meta["fxprune"] = CompressResult(plan, report, graph, np.asarray(removed), extra)
     return gm
+
+
+def _compensate(gm, graph, removed, data, method, ridge, max_batches):
+    """Refit the consumers in place; the deviation from the unpruned model on the example
+    inputs is measured before and after, so the report shows what compensation bought."""
+    inputs = graph.traced.example_inputs
+    before = compare(graph.traced.gm, gm, inputs)
+    report, uncompensated = run_compensation(gm, graph, removed, data, method=method,
+                                             ridge=ridge, max_batches=max_batches)
+    after = compare(graph.traced.gm, gm, inputs)
+    report.deviation_before = before.max_abs_err / before.scale
+    report.deviation_after = after.max_abs_err / after.scale
+    return report, uncompensated

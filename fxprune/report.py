@@ -41,6 +41,7 @@ class Report:
     verify: VerifyResult | None
     timings: dict[str, float] = field(default_factory=dict)
     models: tuple = field(default=(), repr=False)  # (original, pruned, example inputs)
+    compensation: Any = None  # a CompensationReport when compress(compensate=...) ran
 
     @cached_property
     def flops_before(self) -> int:
@@ -65,6 +66,8 @@ class Report:
         if self.frozen:
             lines.append(f"frozen: {len(self.frozen)} reason(s), e.g. "
                          + "; ".join(f"{n}: {r}" for n, r, _ in self.frozen[:3]))
+        if self.compensation is not None:
+            lines.append(str(self.compensation))
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
 

@@ -26,6 +26,7 @@ class VerifyResult:
     tol: float
     dtype: str
     approx_deviation: float | None = None  # relative, when approximate groups were removed
+    compensation_deviation: float | None = None  # compensated model vs unpruned, relative
 
     def __str__(self) -> str:
         status = "exact" if self.ok else "MISMATCH"
@@ -34,6 +35,10 @@ class VerifyResult:
         if self.approx_deviation is not None:
             text = (f"exact groups {text}; with the approximate (LayerNorm) groups removed too: "
                     f"relative deviation {self.approx_deviation:.3g}")
+        if self.compensation_deviation is not None:
+            text += ("; the rewrite was checked before compensation; the compensated model "
+                     f"deviates from the unpruned one by {self.compensation_deviation:.3g} "
+                     "relative")
         return text
 
 
@@ -191,9 +196,20 @@ def verify(pruned: fx.GraphModule, example_inputs: Any = None, *,
     inputs = graph.traced.example_inputs if example_inputs is None else example_inputs
     if isinstance(inputs, torch.Tensor):
         inputs = (inputs,)
-    result, deviation = check(graph, removed, pruned, tuple(inputs), dtype, tol)
+    inputs = tuple(inputs)
+    uncompensated = meta.extra.get("uncompensated")
+    target = pruned
+    if uncompensated:  # prove the rewrite on the model as it was before compensation
+        from .passes.compensate import restore
+
+        target = clone_as(pruned)
+        restore(target, uncompensated)
+    result, deviation = check(graph, removed, target, inputs, dtype, tol)
     if deviation is not None:
         result.approx_deviation = deviation.max_abs_err / deviation.scale
+    if uncompensated:
+        dev = compare(graph.traced.gm, pruned, inputs, dtype, tol)
+        result.compensation_deviation = dev.max_abs_err / dev.scale
     if raise_on_mismatch and not result.ok:
         raise VerificationError(f"pruned model differs from the masked original: {result}")
     return result

@@ -1,8 +1,15 @@
 """Importance plugins: one score per unit; higher means keep."""
 
-from .base import Importance, available, get_importance, register
+from .activation import ActivationImportance
+from .base import Calibration, Importance, available, get_importance, register
+from .bn_scale import BNScale
+from .cfdp import CFDP
+from .hrank import HRank
 from .magnitude import GroupMagnitude
+from .qsfm import QSFM
 from .random import RandomImportance
+from .taylor import Taylor
 
-__all__ = ["GroupMagnitude", "Importance", "RandomImportance", "available", "get_importance",
+__all__ = ["BNScale", "CFDP", "ActivationImportance", "Calibration", "GroupMagnitude", "HRank",
+           "Importance", "QSFM", "RandomImportance", "Taylor", "available", "get_importance",
            "register"]

@@ -1,10 +1,12 @@
 """The plugin interface. A plugin scores every unit of the channel graph at once (so it can
-vectorise over parameters); selection reads the scores of each group's units."""
+vectorise over parameters); selection reads the scores of each group's units. Data-driven
+plugins declare what they need and receive it as a :class:`Calibration`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,14 +16,41 @@ if TYPE_CHECKING:
 _REGISTRY: dict[str, Callable[..., Importance]] = {}
 
 
+@dataclass
+class Calibration:
+    """What ``compress(calibration=..., ...)`` hands to data-driven plugins."""
+
+    data: Iterable | None = None  # batches: tensors, or (inputs..., target) tuples
+    max_batches: int | None = None
+    tap: str = "post_act"  # where activations are observed: "post_act" or "producer"
+    loss_fn: Callable[[Any, Any], Any] | None = None  # (output, target) -> scalar, for Taylor
+
+
 class Importance:
-    """Subclass and implement :meth:`scores`; register with :func:`register`."""
+    """Subclass and implement :meth:`scores`; register with :func:`register`.
+
+    ``needs`` is ``None`` (weights only), ``"data"`` (unlabelled calibration batches) or
+    ``"labels"`` (labelled batches and a ``loss_fn``).
+    """
 
     name = "importance"
+    needs: str | None = None
 
-    def scores(self, graph: ChannelGraph) -> np.ndarray:
+    def scores(self, graph: ChannelGraph, calib: Calibration | None = None) -> np.ndarray:
         """Score per unit label (an array indexed by unit label, length = element count)."""
         raise NotImplementedError
+
+
+def require(importance: Importance, calib: Calibration | None) -> Calibration:
+    """The calibration a data-driven plugin needs, or a ValueError that says what to pass."""
+    if calib is None or calib.data is None:
+        raise ValueError(f"importance {importance.name!r} ranks channels from activations: pass "
+                         "calibration=<iterable of input batches> (a DataLoader or a list of "
+                         "tensors)")
+    if importance.needs == "labels" and calib.loss_fn is None:
+        raise ValueError(f"importance {importance.name!r} needs loss_fn=(output, target) -> "
+                         "loss and calibration batches of (inputs, target)")
+    return calib
 
 
 def register(name: str, factory: Callable[..., Importance]) -> None:

@@ -3,9 +3,52 @@ columns, norm scales), so coupled layers rank their shared channels together."""
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Callable
 
-from .base import Importance, register
+import numpy as np
+import torch
+
+from .base import Calibration, Importance, register
+
+
+def slice_sums(graph, value: Callable[[str, torch.Tensor], torch.Tensor | None]) -> np.ndarray:
+    """Per unit, the sum of ``value(qualname, tensor)`` over every parameter slice of it (one
+    bincount over all parameters; buffers such as BN statistics do not count). ``value``
+    returns an elementwise tensor or None to skip the parameter."""
+    n = len(graph.labels)
+    labs: list[np.ndarray] = []
+    vals_all: list[np.ndarray] = []
+    tensors = graph.traced.tensors
+    for info in graph.params.values():
+        t = tensors.get(info.qualname)
+        w = value(info.qualname, t) if _is_param(t) else None
+        if w is None:
+            continue
+        for dim, ax in enumerate(info.axes):
+            if dim not in info.roles or info.shape[dim] == 0:
+                continue
+            other = [d for d in range(w.dim()) if d != dim]
+            vals = w.sum(dim=other) if other else w
+            labs.append(graph.labels[ax.comp.ids])
+            vals_all.append(vals.double().numpy())
+    for c in graph.ctx.consumers:
+        t = tensors.get(c.qualname)
+        if not _is_param(t) or len(c.dims) < 2:
+            continue
+        w = value(c.qualname, t)
+        if w is None:
+            continue
+        other = [d for d in range(w.dim()) if d not in c.dims]
+        vals = (w.sum(dim=other) if other else w).double().numpy()
+        labs.append(graph.labels[c.ids.reshape(-1)])
+        vals_all.append(vals.reshape(-1))
+    if not labs:
+        return np.zeros(n)
+    return np.bincount(np.concatenate(labs), np.concatenate(vals_all), n)
+
+
+def _is_param(t) -> bool:
+    return isinstance(t, torch.nn.Parameter) and t.is_floating_point()
 
 
 class GroupMagnitude(Importance):
@@ -13,36 +56,9 @@ class GroupMagnitude(Importance):
         self.p = p
         self.name = f"l{p}"
 
-    def scores(self, graph) -> np.ndarray:
-        n = len(graph.labels)
-        labs: list[np.ndarray] = []
-        vals_all: list[np.ndarray] = []
-        gm = graph.traced.gm
-        params = dict(gm.named_parameters())
-        for info in graph.params.values():
-            t = params.get(info.qualname)
-            if t is None:
-                continue
-            w = t.detach().float().abs() ** self.p
-            for dim, ax in enumerate(info.axes):
-                if dim not in info.roles or info.shape[dim] == 0:
-                    continue
-                other = [d for d in range(w.dim()) if d != dim]
-                vals = w.sum(dim=other) if other else w
-                labs.append(graph.labels[ax.comp.ids])
-                vals_all.append(vals.double().numpy())
-        for c in graph.ctx.consumers:
-            t = params.get(c.qualname)
-            if t is None or len(c.dims) < 2:
-                continue
-            w = t.detach().float().abs() ** self.p
-            other = [d for d in range(w.dim()) if d not in c.dims]
-            vals = (w.sum(dim=other) if other else w).double().numpy()
-            labs.append(graph.labels[c.ids.reshape(-1)])
-            vals_all.append(vals.reshape(-1))
-        if not labs:
-            return np.zeros(n)
-        acc = np.bincount(np.concatenate(labs), np.concatenate(vals_all), n)  # one pass
+    def scores(self, graph, calib: Calibration | None = None) -> np.ndarray:
+        with torch.no_grad():
+            acc = slice_sums(graph, lambda _q, t: t.detach().float().abs() ** self.p)
         return acc ** (1.0 / self.p)
 
 

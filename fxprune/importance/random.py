@@ -13,7 +13,7 @@ class RandomImportance(Importance):
     def __init__(self, seed: int = 0):
         self.seed = seed
 
-    def scores(self, graph) -> np.ndarray:
+    def scores(self, graph, calib=None) -> np.ndarray:
         return np.random.default_rng(self.seed).random(len(graph.labels))
 
 

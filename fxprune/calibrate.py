@@ -1,0 +1,200 @@
+"""Streaming calibration: run batches through a copy of the traced graph with *tap* calls
+inserted after chosen nodes. Each tap feeds a running statistic, so memory is O(C) or O(C^2)
+per tap, never O(images x C x H x W). The generated code runs (no per-node interpreter).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from .analyze.elements import axis_ids
+from .analyze.graph import ChannelGraph
+
+log = logging.getLogger(__name__)
+
+# ops a tap may follow from a producer: they keep each channel a function of itself alone
+_CHANNELWISE = frozenset({"channel_norm", "elementwise", "broadcast"})
+_PRODUCERS = frozenset({"conv", "linear"})
+
+
+class Statistic(Protocol):
+    """A running statistic of one tapped tensor, given as (N, C, *rest) with channels at 1."""
+
+    def update(self, x: torch.Tensor) -> None: ...
+
+
+@dataclass
+class Tap:
+    """A tensor dim to observe: ``labels[p]`` is the unit of channel position ``p``."""
+
+    node: str
+    dim: int
+    labels: np.ndarray
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.node, self.dim)
+
+
+def tap_points(graph: ChannelGraph, where: str = "post_act") -> list[Tap]:
+    """One tap per producer (conv / linear output channels), deduplicated.
+
+    ``where="post_act"`` follows the producer through channel-wise ops (norm, activation,
+    residual add, SE scaling) while it has a single user, so a residual stream is observed
+    after its add, as CFDP's code does; ``"producer"`` observes the producer's own output.
+    """
+    if where not in ("post_act", "producer"):
+        raise ValueError(f"tap point {where!r}: use 'post_act' or 'producer'")
+    taps: dict[tuple[str, int], Tap] = {}
+    for node in graph.traced.gm.graph.nodes:
+        if graph.rules.get(node.name) not in _PRODUCERS:
+            continue
+        spec = graph.traced.values.get(node.name)
+        if getattr(spec, "shape", None) is None or len(spec.shape) < 2:
+            continue
+        dim = 1 if graph.rules[node.name] == "conv" else len(spec.shape) - 1
+        end = _follow(graph, node) if where == "post_act" else node
+        tap = _tap_for(graph, end, node, dim)
+        if tap is not None:
+            taps.setdefault(tap.key, tap)
+    return list(taps.values())
+
+
+def _follow(graph: ChannelGraph, node: fx.Node) -> fx.Node:
+    shape = graph.traced.values[node.name].shape
+    while len(node.users) == 1:
+        user = next(iter(node.users))
+        spec = graph.traced.values.get(user.name)
+        if graph.rules.get(user.name) not in _CHANNELWISE or getattr(spec, "shape", None) != shape:
+            break
+        node = user
+    return node
+
+
+def _tap_for(graph: ChannelGraph, node: fx.Node, producer: fx.Node, dim: int) -> Tap | None:
+    axes = graph.ctx.axes.get(node.name)
+    if not isinstance(axes, list) or dim >= len(axes) or not axes[dim].full:
+        log.debug("no tap for %s: its channel axis is part of a reshaped block", producer.name)
+        return None
+    return Tap(node.name, dim, graph.labels[axis_ids(axes[dim])])
+
+
+class _TapModule(torch.nn.Module):
+    def __init__(self, stat: Statistic, dim: int):
+        super().__init__()
+        self.stat, self.dim = stat, dim
+
+    def forward(self, x: torch.Tensor) -> None:
+        self.stat.update(x.detach().movedim(self.dim, 1))
+
+
+def split_item(item: Any, n_inputs: int) -> tuple[tuple, Any]:
+    """A calibration item as (model inputs, target): a tensor is one input; a tuple/list
+    holds the inputs first and an optional target after them (a DataLoader's ``(x, y)``)."""
+    if isinstance(item, torch.Tensor):
+        return (item,), None
+    if isinstance(item, (tuple, list)):
+        inputs = tuple(item[:n_inputs])
+        return inputs, (item[n_inputs] if len(item) > n_inputs else None)
+    raise TypeError(f"calibration items must be tensors or (inputs..., target) tuples, got "
+                    f"{type(item).__name__}")
+
+
+def batches(data: Iterable, n_inputs: int, max_batches: int | None) -> Iterable[tuple]:
+    """(inputs, target) pairs, at most ``max_batches``, with a progress bar on long runs."""
+    try:
+        total = len(data)  # type: ignore[arg-type]
+    except TypeError:
+        total = None
+    if max_batches is not None:
+        total = min(total, max_batches) if total is not None else max_batches
+    it = iter(data)
+    bar = _progress(total)
+    count = 0
+    while max_batches is None or count < max_batches:
+        try:
+            item = next(it)
+        except StopIteration:
+            break
+        count += 1
+        if bar is not None:
+            bar.update(1)
+        yield split_item(item, n_inputs)
+    if bar is not None:
+        bar.close()
+    if count == 0:
+        raise ValueError("calibration data yielded no batch")
+
+
+def _progress(total: int | None):
+    if total is None or total < 20:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # optional: no bar without tqdm
+        return None
+    return tqdm(total=total, desc="fxprune calibration", leave=False, disable=None)
+
+
+def run_taps(graph: ChannelGraph, stats: dict[tuple[str, int], Statistic], data: Iterable, *,
+             max_batches: int | None = None, n_inputs: int | None = None) -> int:
+    """Feed every batch of ``data`` through the traced model, updating ``stats`` (keyed by
+    (node, dim)). Eval mode, no grad; the caller's modules are shared, never changed.
+    Returns the number of batches seen."""
+    gm = tapped_module(graph.traced.gm, stats)
+    n_inputs = n_inputs or len(graph.traced.example_inputs)
+    modes = {m: m.training for m in gm.modules()}
+    gm.eval()
+    seen = 0
+    try:
+        with torch.no_grad():
+            for inputs, _ in batches(data, n_inputs, max_batches):
+                gm(*inputs)
+                seen += 1
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    return seen
+
+
+def tapped_module(gm: fx.GraphModule, stats: dict[tuple[str, int], Statistic]) -> fx.GraphModule:
+    """A GraphModule over ``gm``'s modules whose graph calls a tap after each observed node."""
+    graph = copy.deepcopy(gm.graph)
+    root = torch.nn.Module()
+    for name, child in gm.named_children():
+        root.add_module(name, child)
+    for name, t in list(gm.named_parameters(recurse=False)) + list(
+            gm.named_buffers(recurse=False)):
+        setattr(root, name, t)
+    nodes = {n.name: n for n in graph.nodes}
+    for i, ((name, dim), stat) in enumerate(stats.items()):
+        target = f"_fxprune_tap{i}"
+        root.add_module(target, _TapModule(stat, dim))
+        with graph.inserting_after(nodes[name]):
+            graph.call_module(target, (nodes[name],))
+    return fx.GraphModule(root, graph, "Tapped")
+
+
+def per_unit(graph: ChannelGraph, taps: list[Tap], values: dict[tuple[str, int], np.ndarray],
+             fallback: Callable[[], np.ndarray] | None = None) -> np.ndarray:
+    """Sum per-channel values of every tap into unit scores; units no tap observes get the
+    ``fallback`` scores (scaled below the tapped ones is not attempted: groups are ranked
+    on their own, and a group is either tapped whole or not at all)."""
+    n = len(graph.labels)
+    acc = np.zeros(n)
+    seen = np.zeros(n, dtype=bool)
+    for tap in taps:
+        v = np.asarray(values[tap.key], dtype=np.float64).reshape(-1)
+        acc += np.bincount(tap.labels, v, n)
+        seen[tap.labels] = True
+    if fallback is not None and not seen.all():
+        acc = np.where(seen, acc, fallback())
+    return acc

@@ -1,0 +1,48 @@
+"""First-order Taylor (Molchanov et al. 2019): a unit's importance is the squared
+first-order change of the loss when all of its parameter slices are zeroed,
+``(sum over slices of w * dL/dw)^2``, averaged over labelled calibration batches.
+
+Gradients come from ``torch.autograd.grad`` on the traced graph in eval mode, so neither
+the caller's ``.grad`` fields nor its BN statistics change."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..calibrate import batches
+from .base import Calibration, Importance, register, require
+from .magnitude import slice_sums
+
+
+class Taylor(Importance):
+    name = "taylor"
+    needs = "labels"
+
+    def scores(self, graph, calib: Calibration | None = None) -> np.ndarray:
+        calib = require(self, calib)
+        gm = graph.traced.gm
+        names = [q for q, t in graph.traced.tensors.items()
+                 if isinstance(t, torch.nn.Parameter) and t.is_floating_point()]
+        params = [graph.traced.tensors[q] for q in names]
+        modes = {m: m.training for m in gm.modules()}
+        gm.eval()
+        total, count = np.zeros(len(graph.labels)), 0
+        try:
+            for inputs, target in batches(calib.data, len(graph.traced.example_inputs),
+                                          calib.max_batches):
+                if target is None:
+                    raise ValueError("taylor needs calibration batches of (inputs, target)")
+                loss = calib.loss_fn(gm(*inputs), target)
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                wg = {q: (p.detach() * g).double() for q, p, g in zip(names, params, grads)
+                      if g is not None}
+                total += slice_sums(graph, lambda q, t, wg=wg: wg.get(q)) ** 2
+                count += 1
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
+        return total / max(count, 1)
+
+
+register("taylor", Taylor)

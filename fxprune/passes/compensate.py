@@ -1,0 +1,194 @@
+"""Data-driven compensation of the layers that read removed channels.
+
+For a consumer (conv with groups=1, linear) whose input x lost positions R and kept K, the
+removed inputs are predicted from the kept ones, x_R ~ A x_K + c, from streamed first and
+second moments of x on calibration data; then ``W_K += W_R A`` and ``b += W_R c`` (summed
+over the kernel). ``lstsq`` takes the ridge solution ``A = S_RK (S_KK + lambda I)^-1``;
+``merge`` maps each removed channel to its most correlated kept one with the least-squares
+scale and offset (QSFM's merging). Statistics come from the original model; each consumer
+is corrected on its own. Zero padding makes the bias term approximate at borders.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from ..analyze.elements import axis_ids
+from ..analyze.graph import ChannelGraph
+from ..analyze.layout import kept_positions
+from ..calibrate import run_taps
+
+log = logging.getLogger(__name__)
+MAX_FEATURES = 4096  # second moments are D x D: wider inputs (flatten -> linear) are skipped
+METHODS = ("lstsq", "merge")
+
+
+class Moments:
+    """Running sum of x and x x^T over every sample position of a (N, D, *rest) tensor."""
+
+    def __init__(self):
+        self.s1: torch.Tensor | None = None
+        self.s2: torch.Tensor | None = None
+        self.count = 0
+
+    def update(self, x: torch.Tensor) -> None:
+        f = x.movedim(1, -1).reshape(-1, x.shape[1]).double()
+        s1, s2 = f.sum(0), f.T @ f
+        self.s1 = s1 if self.s1 is None else self.s1 + s1
+        self.s2 = s2 if self.s2 is None else self.s2 + s2
+        self.count += f.shape[0]
+
+    def mean_cov(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mu = self.s1 / self.count
+        return mu, self.s2 / self.count - torch.outer(mu, mu)
+
+
+@dataclass
+class Site:
+    """A consumer module reading removed channels of input ``input`` along ``dim``."""
+
+    node: str
+    target: str
+    input: str
+    dim: int
+    kept: np.ndarray  # positions of the input the pruned weight holds, in its order
+    removed: np.ndarray
+    out_kept: np.ndarray  # output rows the pruned weight holds, in its order
+
+
+@dataclass
+class CompensationReport:
+    method: str
+    sites: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (node, why)
+    deviation_before: float | None = None  # relative output error vs the dense original
+    deviation_after: float | None = None
+
+    def __str__(self) -> str:
+        text = f"compensation ({self.method}): {len(self.sites)} consumer(s) corrected"
+        if self.deviation_before is not None:
+            text += (f"; output deviation from the unpruned model {self.deviation_before:.3g}"
+                     f" -> {self.deviation_after:.3g}")
+        if self.skipped:
+            text += f"; skipped {len(self.skipped)} (e.g. {self.skipped[0][0]}: "
+            text += f"{self.skipped[0][1]})"
+        return text
+
+
+def find_sites(graph: ChannelGraph, removed_units: np.ndarray,
+               report: CompensationReport) -> list[Site]:
+    keep = graph.keep_mask(removed_units)
+    sites = []
+    for node in graph.traced.gm.graph.nodes:
+        if node.op != "call_module" or graph.rules.get(node.name) not in ("conv", "linear"):
+            continue
+        mod = graph.ctx.modules[node.target]
+        if not isinstance(mod, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d,
+                                torch.nn.Conv3d)) or getattr(mod, "groups", 1) != 1:
+            continue
+        src = node.args[0]
+        axes = graph.ctx.axes.get(src.name) if isinstance(src, fx.Node) else None
+        if not isinstance(axes, list):
+            continue
+        dim = len(axes) - 1 if isinstance(mod, torch.nn.Linear) else 1
+        if keep[axis_ids(axes[dim])].all() if axes[dim].full else True:
+            continue
+        info = graph.params[f"{node.target}.weight"]
+        kept = kept_positions(info.order.get(1, info.axes[1]), keep)
+        removed = np.setdiff1d(np.arange(info.shape[1]), kept)
+        if not removed.size:
+            continue
+        if info.shape[1] > MAX_FEATURES:
+            report.skipped.append((node.name, f"{info.shape[1]} input features > {MAX_FEATURES}"))
+            continue
+        out_kept = kept_positions(info.order.get(0, info.axes[0]), keep)
+        sites.append(Site(node.name, node.target, src.name, dim, kept, removed, out_kept))
+    return sites
+
+
+def collect(graph: ChannelGraph, sites: list[Site], data, max_batches) -> dict:
+    stats = {(s.input, s.dim): Moments() for s in sites}
+    if stats:
+        run_taps(graph, stats, data, max_batches=max_batches)
+    return stats
+
+
+def solve(mu: torch.Tensor, cov: torch.Tensor, kept: np.ndarray, removed: np.ndarray,
+          method: str, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, c) with x_R ~ A x_K + c."""
+    k, r = torch.as_tensor(kept), torch.as_tensor(removed)
+    s_kk, s_rk = cov[k][:, k], cov[r][:, k]
+    if method == "lstsq":
+        lam = ridge * float(torch.diagonal(s_kk).mean().clamp_min(1e-12))
+        a = torch.linalg.solve(s_kk + lam * torch.eye(len(k), dtype=cov.dtype), s_rk.T).T
+    else:
+        var_k = torch.diagonal(s_kk).clamp_min(1e-12)
+        var_r = torch.diagonal(cov)[r].clamp_min(1e-12)
+        corr = s_rk / torch.sqrt(var_r[:, None] * var_k[None, :])
+        partner = corr.abs().argmax(1)
+        a = torch.zeros_like(s_rk)
+        rows = torch.arange(len(r))
+        a[rows, partner] = s_rk[rows, partner] / var_k[partner]
+    return a, mu[r] - a @ mu[k]
+
+
+def apply(pruned: fx.GraphModule, graph: ChannelGraph, sites: list[Site], stats: dict,
+          method: str, ridge: float, report: CompensationReport) -> dict[str, torch.Tensor]:
+    """Correct the consumers of ``pruned`` in place; returns their uncompensated tensors
+    (by qualified name) so verify can still prove the structural rewrite exact."""
+    before: dict[str, torch.Tensor] = {}
+    for site in sites:
+        st = stats[(site.input, site.dim)]
+        if st.count == 0:
+            report.skipped.append((site.node, "no calibration samples"))
+            continue
+        mu, cov = st.mean_cov()
+        a, c = solve(mu, cov, site.kept, site.removed, method, ridge)
+        w = graph.traced.tensors[f"{site.target}.weight"].detach().double()
+        w_r = w[:, torch.as_tensor(site.removed)]
+        rows = torch.as_tensor(site.out_kept)
+        dw = torch.einsum("or...,rk->ok...", w_r, a)[rows]
+        db = torch.einsum("or...,r->o", w_r, c)[rows]
+        mod = pruned.get_submodule(site.target)
+        before[f"{site.target}.weight"] = mod.weight.detach().clone()
+        with torch.no_grad():
+            mod.weight.add_(dw.to(mod.weight.dtype))
+            if mod.bias is None:
+                before[f"{site.target}.bias"] = None
+                mod.bias = torch.nn.Parameter(db.to(mod.weight.dtype))
+            else:
+                before[f"{site.target}.bias"] = mod.bias.detach().clone()
+                mod.bias.add_(db.to(mod.bias.dtype))
+        report.sites.append(site.node)
+    return before
+
+
+def restore(module: torch.nn.Module, before: dict[str, torch.Tensor | None]) -> None:
+    """Put the uncompensated tensors back (on a copy, for verification)."""
+    for qual, t in before.items():
+        owner, _, local = qual.rpartition(".")
+        mod = module.get_submodule(owner)
+        if t is None:
+            setattr(mod, local, None)
+        else:
+            getattr(mod, local).data.copy_(t)
+
+
+def compensate(pruned: fx.GraphModule, graph: ChannelGraph, removed_units: np.ndarray, data,
+               *, method: str = "lstsq", ridge: float = 1e-3,
+               max_batches: int | None = None) -> tuple[CompensationReport, dict]:
+    if method not in METHODS:
+        raise ValueError(f"compensate={method!r}: use one of {METHODS}")
+    if data is None:
+        raise ValueError("compensation fits the consumers on activations: pass calibration=")
+    report = CompensationReport(method)
+    sites = find_sites(graph, removed_units, report)
+    stats = collect(graph, sites, data, max_batches)
+    before = apply(pruned, graph, sites, stats, method, ridge, report)
+    log.info("%s", report)
+    return report, before
