@@ -33,11 +33,11 @@ class Similarity:
         self.count = 0
 
     def update(self, x: torch.Tensor) -> None:
-        f = as_maps(x).flatten(2).double()  # (N, C, P)
+        f = as_maps(x).flatten(2).float()  # (N, C, P); per-image sums are short: float32
         n, c, p = f.shape
         step = max(1, _CHUNK // max(c * c, 1))
-        s = sum(self._pairwise(f[i:i + step]).sum(0) for i in range(0, n, step))
-        e = (f * f).mean(2).sum(0)
+        s = sum(self._pairwise(f[i:i + step]).sum(0) for i in range(0, n, step)).double()
+        e = (f * f).mean(2).sum(0).double()
         self.total = s if self.total is None else self.total + s
         self.energy = e if self.energy is None else self.energy + e
         self.count += n
