@@ -60,6 +60,7 @@ def compress(
     loss_fn: Callable[[Any, Any], Any] | None = None,
     compensate: str | None = None,
     ridge: float = 1e-3,
+    threshold: float | None = None,
 ) -> fx.GraphModule:
     """Return a new, smaller GraphModule; ``model`` is not modified.
 
@@ -80,6 +81,8 @@ def compress(
     "producer"). ``compensate="lstsq"`` or ``"merge"`` then refits the layers that read
     removed channels from the same data (``"none"`` turns off a plugin's default); verify
     still proves the uncompensated rewrite exact and the report gives the deviation.
+    ``threshold`` replaces the ratios: every unit whose importance is below it goes (after
+    training with :mod:`fxprune.regularize`, the units whose L2 norm fell to ~0).
     """
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
@@ -108,7 +111,8 @@ def compress(
             plan = select(graph, scores, ratio=ratio, ratios=ratios, ignore=ignore,
                           global_ranking=global_ranking, min_channels=min_channels,
                           round_to=round_to, exact_only=exact_only,
-                          prune_heads=prune_heads, prune_head_dims=prune_head_dims)
+                          prune_heads=prune_heads, prune_head_dims=prune_head_dims,
+                          threshold=threshold)
         removed = plan.removed_units(graph)
         times["select"] = time.perf_counter() - t0
         t0 = time.perf_counter()

@@ -149,7 +149,8 @@ def run_taps(graph: ChannelGraph, stats: dict[tuple[str, int], Statistic], data:
     """Feed every batch of ``data`` through the traced model, updating ``stats`` (keyed by
     (node, dim)). Eval mode, no grad; the caller's modules are shared, never changed.
     Returns the number of batches seen."""
-    gm = tapped_module(graph.traced.gm, stats)
+    gm = tapped_module(graph.traced.gm,
+                       [(name, _TapModule(stat, dim)) for (name, dim), stat in stats.items()])
     n_inputs = n_inputs or len(graph.traced.example_inputs)
     modes = {m: m.training for m in gm.modules()}
     gm.eval()
@@ -165,8 +166,10 @@ def run_taps(graph: ChannelGraph, stats: dict[tuple[str, int], Statistic], data:
     return seen
 
 
-def tapped_module(gm: fx.GraphModule, stats: dict[tuple[str, int], Statistic]) -> fx.GraphModule:
-    """A GraphModule over ``gm``'s modules whose graph calls a tap after each observed node."""
+def tapped_module(gm: fx.GraphModule,
+                  taps: list[tuple[str, torch.nn.Module]]) -> fx.GraphModule:
+    """A GraphModule over ``gm``'s modules (shared, not copied) whose graph calls each tap
+    module on the value of its node right after that node."""
     graph = copy.deepcopy(gm.graph)
     root = torch.nn.Module()
     for name, child in gm.named_children():
@@ -175,9 +178,9 @@ def tapped_module(gm: fx.GraphModule, stats: dict[tuple[str, int], Statistic]) -
             gm.named_buffers(recurse=False)):
         setattr(root, name, t)
     nodes = {n.name: n for n in graph.nodes}
-    for i, ((name, dim), stat) in enumerate(stats.items()):
+    for i, (name, module) in enumerate(taps):
         target = f"_fxprune_tap{i}"
-        root.add_module(target, _TapModule(stat, dim))
+        root.add_module(target, module)
         with graph.inserting_after(nodes[name]):
             graph.call_module(target, (nodes[name],))
     return fx.GraphModule(root, graph, "Tapped")

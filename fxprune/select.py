@@ -94,7 +94,10 @@ def select(
     exact_only: bool = False,
     prune_heads: bool = True,
     prune_head_dims: bool = True,
+    threshold: float | None = None,
 ) -> Plan:
+    """``threshold`` (instead of ratios): remove every unit scoring below it, e.g. the units a
+    group lasso drove to zero (the group constraints still apply)."""
     if not 0.0 <= ratio < 1.0:
         raise SelectionError(f"ratio must be in [0, 1), got {ratio}")
     ratios = dict(ratios or {})
@@ -105,7 +108,10 @@ def select(
     r_part = 1.0 - float(np.sqrt(1.0 - ratio)) if prune_heads and prune_head_dims else ratio
     head_unit, dead = _drop_heads(graph, scores, active, r_part if prune_heads else 0.0)
     keep_n: dict[int, int] = {}
-    if global_ranking and active:
+    if threshold is not None:
+        for g in active:
+            keep_n[g.gid] = int((scores[g.units][~dead[g.units]] >= threshold).sum())
+    elif global_ranking and active:
         norm = [scores[g.units] / (scores[g.units].mean() + 1e-12) for g in active]
         flat = np.sort(np.concatenate(norm))
         thr = flat[min(int(len(flat) * ratio), len(flat) - 1)] if ratio > 0 else -np.inf
