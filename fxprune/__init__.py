@@ -1,5 +1,6 @@
 """fxprune: exact structured pruning of PyTorch models as a torch.fx compiler pass."""
 
+from . import regularize
 from .analyze import ChannelGraph
 from .api import analyze, compress
 from .errors import (
@@ -20,6 +21,6 @@ from .verify import VerifyResult, verify
 __all__ = [
     "AnalysisError", "ChannelGraph", "FxPruneError", "Importance", "Plan", "PruneChannels",
     "Report", "RewriteError", "SelectionError", "TraceError", "VerificationError",
-    "VerifyResult", "analyze", "compress", "register", "trace", "verify",
+    "VerifyResult", "analyze", "compress", "register", "regularize", "trace", "verify",
 ]
 __version__ = "0.1.0"

@@ -18,6 +18,7 @@ from .ops.table import leaf_types
 from .passes import PruneChannels
 from .passes.compensate import METHODS
 from .passes.compensate import compensate as run_compensation
+from .passes.inputs import input_map, inputs_for
 from .report import CompressResult, Report, count_params
 from .select import Plan, select
 from .trace import trace
@@ -61,6 +62,8 @@ def compress(
     compensate: str | None = None,
     ridge: float = 1e-3,
     threshold: float | None = None,
+    prune_inputs: bool = False,
+    keep_input_signature: bool = False,
 ) -> fx.GraphModule:
     """Return a new, smaller GraphModule; ``model`` is not modified.
 
@@ -83,6 +86,9 @@ def compress(
     still proves the uncompensated rewrite exact and the report gives the deviation.
     ``threshold`` replaces the ratios: every unit whose importance is below it goes (after
     training with :mod:`fxprune.regularize`, the units whose L2 norm fell to ~0).
+    ``prune_inputs`` makes the inputs' feature axis (dim 1) prunable like any group: the
+    pruned model takes only the kept features (``plan.inputs`` maps each input to the kept
+    indices), or the full input with ``keep_input_signature=True``.
     """
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
@@ -93,6 +99,7 @@ def compress(
                    concrete_args=concrete_args)
     frozen_nodes: frozenset[str] = frozenset()
     user_plan = plan
+    prune_inputs = prune_inputs or bool(plan is not None and plan.inputs)
     imp = get_importance(importance)
     calib = Calibration(calibration, max_batches, tap, loss_fn)
     method = compensate if compensate is not None else getattr(imp, "compensate", None)
@@ -103,7 +110,7 @@ def compress(
         raise ValueError(f"compensate={method!r} fits the consumers on activations: pass "
                          "calibration=<iterable of input batches>")
     for _attempt in range(MAX_REWRITE_RETRIES + 1):
-        graph = build(traced, frozen_nodes)
+        graph = build(traced, frozen_nodes, prune_inputs)
         times["analyze"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if user_plan is None:
@@ -117,7 +124,8 @@ def compress(
         times["select"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         try:
-            gm = PruneChannels(graph, removed)(traced.gm).graph_module
+            gm = PruneChannels(graph, removed, keep_input_signature=keep_input_signature)(
+                traced.gm).graph_module
             break
         except RewriteError as exc:
             # A node whose sizes the rewrite cannot keep consistent (e.g. size arithmetic
@@ -143,6 +151,8 @@ def compress(
                 f"fxprune produced a model that differs from the masked original ({result}). "
                 "This is a bug in an op rule: please report it with the model. Workaround: "
                 "ignore=[...] the layers involved.")
+    plan.inputs = {k: v.tolist() for k, v in input_map(graph, np.asarray(removed)).items()}
+    pruned_inputs = inputs_for(gm, graph, np.asarray(removed), example_inputs)
     extra: dict[str, Any] = {}
     comp_report = None
     if method is not None:
@@ -153,7 +163,8 @@ def compress(
     report = Report(
         params_before=count_params(graph.traced.gm), params_after=count_params(gm),
         groups=plan.groups, frozen=graph.frozen_reasons, notes=plan.notes, verify=result,
-        timings=times, models=(graph.traced.gm, gm, example_inputs), compensation=comp_report)
+        timings=times, models=(graph.traced.gm, gm, example_inputs, pruned_inputs),
+        compensation=comp_report)
     gm.meta["fxprune"] = CompressResult(plan, report, graph, np.asarray(removed), extra)
     return gm
 
@@ -162,10 +173,11 @@ def _compensate(gm, graph, removed, data, method, ridge, max_batches):
     """Refit the consumers in place; the deviation from the unpruned model on the example
     inputs is measured before and after, so the report shows what compensation bought."""
     inputs = graph.traced.example_inputs
-    before = compare(graph.traced.gm, gm, inputs)
+    mine = inputs_for(gm, graph, removed, inputs)
+    before = compare(graph.traced.gm, gm, inputs, pruned_inputs=mine)
     report, uncompensated = run_compensation(gm, graph, removed, data, method=method,
                                              ridge=ridge, max_batches=max_batches)
-    after = compare(graph.traced.gm, gm, inputs)
+    after = compare(graph.traced.gm, gm, inputs, pruned_inputs=mine)
     report.deviation_before = before.max_abs_err / before.scale
     report.deviation_after = after.max_abs_err / after.scale
     return report, uncompensated

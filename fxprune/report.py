@@ -40,7 +40,7 @@ class Report:
     notes: list[str]
     verify: VerifyResult | None
     timings: dict[str, float] = field(default_factory=dict)
-    models: tuple = field(default=(), repr=False)  # (original, pruned, example inputs)
+    models: tuple = field(default=(), repr=False)  # original, pruned, inputs, pruned inputs
     compensation: Any = None  # a CompensationReport when compress(compensate=...) ran
 
     @cached_property
@@ -50,7 +50,7 @@ class Report:
 
     @cached_property
     def flops_after(self) -> int:
-        return count_flops(self.models[1], self.models[2])
+        return count_flops(self.models[1], self.models[-1])
 
     def summary(self) -> str:
         lines = [

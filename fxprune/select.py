@@ -27,6 +27,7 @@ class Plan:
     removed: dict[str, list[int]] = field(default_factory=dict)
     groups: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> before/after
     notes: list[str] = field(default_factory=list)
+    inputs: dict[str, list[int]] = field(default_factory=dict)  # input -> kept feature indices
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)

@@ -139,13 +139,14 @@ def _cast(x: Any, dtype: torch.dtype) -> Any:
 
 def compare(reference: torch.nn.Module, pruned: torch.nn.Module, example_inputs: tuple,
             dtype: torch.dtype = torch.float64, tol: float | None = None,
-            copy_reference: bool = True) -> VerifyResult:
+            copy_reference: bool = True, pruned_inputs: tuple | None = None) -> VerifyResult:
     tol = TOLERANCE.get(dtype, 1e-2) if tol is None else tol
     ref = (clone_as(reference, dtype) if copy_reference else reference).eval()
     new = clone_as(pruned, dtype).eval()
     inputs = _cast(tuple(example_inputs), dtype)
+    new_inputs = inputs if pruned_inputs is None else _cast(tuple(pruned_inputs), dtype)
     with torch.no_grad():
-        a, b = _flatten(ref(*inputs)), _flatten(new(*inputs))
+        a, b = _flatten(ref(*inputs)), _flatten(new(*new_inputs))
     if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
         return VerifyResult(False, float("inf"), 1.0, tol, str(dtype))
     err = max((float((x - y).abs().max()) for x, y in zip(a, b) if x.numel()), default=0.0)
@@ -155,8 +156,11 @@ def compare(reference: torch.nn.Module, pruned: torch.nn.Module, example_inputs:
 
 
 def _against_masked(graph, removed, pruned, example_inputs, dtype, tol) -> VerifyResult:
+    from .passes.inputs import inputs_for
+
     masked = masked_original(graph, removed, dtype)
-    return compare(masked, pruned, example_inputs, dtype, tol, copy_reference=False)
+    return compare(masked, pruned, example_inputs, dtype, tol, copy_reference=False,
+                   pruned_inputs=inputs_for(pruned, graph, removed, tuple(example_inputs)))
 
 
 def check(graph: ChannelGraph, removed: np.ndarray, pruned: fx.GraphModule,
@@ -208,7 +212,10 @@ def verify(pruned: fx.GraphModule, example_inputs: Any = None, *,
     if deviation is not None:
         result.approx_deviation = deviation.max_abs_err / deviation.scale
     if uncompensated:
-        dev = compare(graph.traced.gm, pruned, inputs, dtype, tol)
+        from .passes.inputs import inputs_for
+
+        dev = compare(graph.traced.gm, pruned, inputs, dtype, tol,
+                      pruned_inputs=inputs_for(pruned, graph, removed, inputs))
         result.compensation_deviation = dev.max_abs_err / dev.scale
     if raise_on_mismatch and not result.ok:
         raise VerificationError(f"pruned model differs from the masked original: {result}")

@@ -66,6 +66,7 @@ class AnalysisContext:
         self.values = traced.values
         self.space = ElementSpace()
         self.modules = dict(self.gm.named_modules())
+        self.prune_inputs = False  # the inputs' feature axis may shrink (passes/inputs.py)
         self.axes: dict[str, Any] = {}
         self.params: dict[str, ParamInfo] = {}
         self.consumers: list[Consumer] = []

@@ -94,9 +94,12 @@ class ChannelGraph:
         return "\n".join(lines)
 
 
-def build(traced: Traced, freeze_nodes: frozenset[str] = frozenset()) -> ChannelGraph:
-    """Apply every node's rule; ``freeze_nodes`` keep all their channels (rewrite fallback)."""
+def build(traced: Traced, freeze_nodes: frozenset[str] = frozenset(),
+          prune_inputs: bool = False) -> ChannelGraph:
+    """Apply every node's rule; ``freeze_nodes`` keep all their channels (rewrite fallback);
+    ``prune_inputs`` leaves the inputs' feature axis prunable."""
     ctx = AnalysisContext(traced)
+    ctx.prune_inputs = prune_inputs
     rules: dict[str, str] = {}
     for node in traced.gm.graph.nodes:
         ctx.node = node

@@ -11,13 +11,21 @@ from .base import Rule
 
 
 class Placeholder(Rule):
-    """Graph inputs are pinned: the pruned model takes the same inputs."""
+    """Graph inputs are pinned (the pruned model takes the same inputs), except their feature
+    axis (dim 1) under ``compress(prune_inputs=True)``."""
 
     name = "placeholder"
 
     def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
         val = ctx.value(node)
-        if isinstance(val, TensorSpec):
+        if isinstance(val, TensorSpec) and getattr(ctx, "prune_inputs", False) and len(
+                val.shape) >= 2:
+            axes = ctx.fresh(val.shape)
+            for d, ax in enumerate(axes):
+                if d != 1:
+                    ctx.freeze(ax, "graph input")
+            ctx.set_out(axes)
+        elif isinstance(val, TensorSpec):
             ctx.set_out(ctx.fresh(val.shape, frozen="graph input"))
         else:
             ctx.set_out(None)

@@ -17,6 +17,7 @@ from ..errors import RewriteError
 from ..ops.table import rule_for
 from ..trace import TensorSpec, _Recorder
 from .context import RewriteContext
+from .inputs import MARK, input_map, inputs_for, keep_signature
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +29,13 @@ class PruneChannels(PassBase):
     module is copied, never modified.
     """
 
-    def __init__(self, graph: ChannelGraph, removed_units: np.ndarray, check: bool = True):
+    def __init__(self, graph: ChannelGraph, removed_units: np.ndarray, check: bool = True,
+                 keep_input_signature: bool = False):
         super().__init__()
         self.graph = graph
         self.removed_units = removed_units
         self.check = check
+        self.keep_input_signature = keep_input_signature
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
         keep = self.graph.keep_mask(self.removed_units)
@@ -57,10 +60,15 @@ class PruneChannels(PassBase):
             _assign(root, qual, tensor.contiguous())
         modified = bool(rctx.new_params) or any(
             tuple(t.shape) != self.graph.params[q].shape for q, t in sliced.items())
+        kept_inputs = input_map(self.graph, self.removed_units)
+        if kept_inputs and self.keep_input_signature:
+            keep_signature(new_graph, root, kept_inputs)
         new_gm = fx.GraphModule(root, new_graph, type(graph_module).__name__)
+        if kept_inputs and self.keep_input_signature:
+            setattr(new_gm, MARK, True)
         new_gm.graph.lint()
         if self.check:
-            check_shapes(rctx, new_gm)
+            check_shapes(rctx, new_gm, self.removed_units)
         return PassResult(new_gm, modified)
 
 
@@ -144,23 +152,28 @@ def _assign(gm: torch.nn.Module, qual: str, tensor: torch.Tensor) -> None:
         owner._buffers[local] = tensor.clone()
 
 
-def check_shapes(rctx: RewriteContext, gm: fx.GraphModule) -> None:
+def check_shapes(rctx: RewriteContext, gm: fx.GraphModule, removed_units: np.ndarray) -> None:
     """Run the pruned module once and compare every node's shape with the plan's promise."""
     values: dict = {}
     modes = {m: m.training for m in gm.modules()}
     gm.eval()
+    inputs = inputs_for(gm, rctx.graph, removed_units, rctx.graph.traced.example_inputs)
     try:
         with torch.no_grad():
-            _Recorder(gm, values).run(*rctx.graph.traced.example_inputs)
+            _Recorder(gm, values).run(*inputs)
     except Exception as exc:  # noqa: BLE001
         raise RewriteError(f"the pruned module does not run: {exc}",
                            node=getattr(exc, "node", None)) from exc
     finally:
         for m, mode in modes.items():
             m.training = mode
+    signature_kept = getattr(gm, MARK, False)
+    placeholders = {n.name for n in gm.graph.nodes if n.op == "placeholder"}
     for name, spec in values.items():
         if not isinstance(spec, TensorSpec) or name not in rctx.graph.ctx.axes:
             continue
+        if signature_kept and name in placeholders:
+            continue  # the full input, selected right after
         axes = rctx.graph.ctx.axes[name]
         if not isinstance(axes, list):
             continue
