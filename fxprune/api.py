@@ -30,11 +30,12 @@ MAX_REWRITE_RETRIES = 8
 
 def analyze(model: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor, *,
             leaf_modules: Iterable[type | str] = (),
-            concrete_args: dict[str, Any] | None = None) -> ChannelGraph:
+            concrete_args: dict[str, Any] | None = None,
+            prune_inputs: bool = False) -> ChannelGraph:
     """Trace ``model`` and build its channel graph; ``print()`` it to see the groups."""
     traced = trace(model, example_inputs, leaf_modules=tuple(leaf_modules) + leaf_types(),
                    concrete_args=concrete_args)
-    return build(traced)
+    return build(traced, prune_inputs=prune_inputs)
 
 
 def compress(

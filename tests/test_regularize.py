@@ -201,3 +201,15 @@ def test_regularisers_under_ddp_match_one_process():
             want = p.grad if p.grad is not None else torch.zeros_like(p)
             torch.testing.assert_close(got if got is not None else torch.zeros_like(p), want,
                                        rtol=1e-5, atol=1e-7)
+
+
+def test_group_lasso_on_input_columns_only():
+    model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2))
+    gl = GroupLasso(model, 1.0, example_inputs=torch.randn(1, 6), inputs_only=True)
+    loss = gl()
+    want = model[0].weight.detach().norm(dim=0).sum()  # one unit per input column
+    assert float(loss.detach()) == pytest.approx(float(want), rel=1e-6)
+    loss.backward()
+    assert model[0].bias.grad is None and model[2].weight.grad is None
+    torch.testing.assert_close(model[0].weight.grad,
+                               model[0].weight.detach() / model[0].weight.detach().norm(dim=0))

@@ -24,10 +24,12 @@ class UnitNorms:
     """Squared L2 norm of every prunable unit (units of the graph's groups), as a torch
     vector over ``self.units`` (unit labels, sorted)."""
 
-    def __init__(self, graph: ChannelGraph, which: str = "all"):
+    def __init__(self, graph: ChannelGraph, which: str = "all",
+                 units: np.ndarray | None = None):
         self.graph = graph
-        units = np.unique(np.concatenate([g.units for g in graph.groups])) if graph.groups \
-            else np.zeros(0, dtype=np.int64)
+        if units is None:
+            units = np.unique(np.concatenate([g.units for g in graph.groups])) if graph.groups \
+                else np.zeros(0, dtype=np.int64)
         self.units = units
         local = np.full(len(graph.labels), -1, dtype=np.int64)
         local[units] = np.arange(units.size)
@@ -70,6 +72,19 @@ class UnitNorms:
         if out is None:
             return torch.zeros(self.units.size)
         return out
+
+
+def input_units(graph: ChannelGraph) -> np.ndarray:
+    """Units of the inputs' feature axis (a graph built with ``prune_inputs=True``)."""
+    from ..analyze.elements import axis_ids
+
+    out = [graph.labels[axis_ids(graph.ctx.axes[n.name][1])]
+           for n in graph.traced.gm.graph.nodes
+           if n.op == "placeholder" and isinstance(graph.ctx.axes.get(n.name), list)
+           and len(graph.ctx.axes[n.name]) >= 2]
+    if not out or not graph.ctx.prune_inputs:
+        raise ValueError("input units need a graph built with prune_inputs=True")
+    return np.unique(np.concatenate(out))
 
 
 def _trainable(t) -> bool:
