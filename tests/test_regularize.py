@@ -213,3 +213,17 @@ def test_group_lasso_on_input_columns_only():
     assert model[0].bias.grad is None and model[2].weight.grad is None
     torch.testing.assert_close(model[0].weight.grad,
                                model[0].weight.detach() / model[0].weight.detach().norm(dim=0))
+
+
+def test_swd_flops_budget_matches_the_flop_counter():
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    swd = SelectiveWeightDecay(model, 0.5, example_inputs=x, total_steps=10, budget="flops")
+    keep = swd.update_mask()
+    assert abs(swd.kept_fraction() - 0.5) <= 0.01
+    scores = np.zeros(len(swd.graph.labels))
+    scores[swd.norms.units[keep]] = 1.0
+    gm = fxprune.compress(model, x, importance=_Fixed(scores), threshold=0.5, verify=False,
+                          min_channels=0)
+    real = fxprune.report.count_flops(gm, (x,)) / fxprune.report.count_flops(model, (x,))
+    assert abs(real - 0.5) <= 0.02, real  # conv/linear MACs model vs the full FLOP counter
