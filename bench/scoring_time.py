@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 import torchvision
@@ -32,6 +33,8 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     batches = [torch.randn(args.batch, 3, args.size, args.size, generator=g)
                for _ in range(args.images // args.batch)]
+    lines = ["| model | importance | scoring s | plain forward s | ratio (target <= 1.5) |",
+             "|---|---|---|---|---|"]
     for name in args.models:
         model = torchvision.models.get_model(name).eval()
         graph = fxprune.analyze(model, batches[0][:1])
@@ -49,6 +52,11 @@ def main() -> None:
             print(f"{name} {imp}: scoring {took:.2f}s, plain forward {plain:.2f}s, "
                   f"ratio {took / plain:.2f}x ({args.images} images, {args.size}px, "
                   f"{args.threads} thread(s))", flush=True)
+            lines.append(f"| {name} | {imp} | {took:.2f} | {plain:.2f} | {took / plain:.2f} |")
+    out = Path(__file__).resolve().parent / "results" / "scoring_time.md"
+    out.write_text(f"Command: `python bench/scoring_time.py` ({args.images} images of "
+                   f"{args.size}px in batches of {args.batch}, {args.threads} thread(s))\n\n"
+                   + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
