@@ -65,6 +65,7 @@ class CostModel:
         ext = np.append(keep, True)  # label -1 (not prunable) is always kept
         kept = np.add.reduceat(ext[self.labels].astype(np.float64), self.starts) \
             if self.labels.size else np.zeros(0)
+        kept = np.maximum(kept, 1.0)  # the rewrite never empties a tensor dim: one unit stays
         logs = self.log_fixed.copy()
         with np.errstate(divide="ignore"):
             np.add.at(logs, self.seg_param, np.log(kept))
