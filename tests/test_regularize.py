@@ -158,8 +158,8 @@ def test_threshold_removes_exactly_the_zeroed_units():
         torch.testing.assert_close(gm(x), model(x), rtol=1e-6, atol=1e-6)
 
 
-def _ddp_worker(rank, world, init, out_dir):
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+def _regularised():
+    """The same model, batch and three regularisers, in every process of the DDP test."""
     torch.manual_seed(0)
     model = Res().eval()
     x = torch.randn(4, 3, 6, 6)
@@ -167,6 +167,12 @@ def _ddp_worker(rank, world, init, out_dir):
     swd = SelectiveWeightDecay(model, 0.5, example_inputs=x[:1], total_steps=4,
                                granularity="structured_full")
     ffr = FeatureFlow(model, 0.3, 0.2, example_inputs=x[:1])
+    return model, x, gl, swd, ffr
+
+
+def _ddp_worker(rank, world, init, out_dir):
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    model, x, gl, swd, ffr = _regularised()
     ddp = nn.parallel.DistributedDataParallel(ffr.model)  # the module that is trained
     local = x[rank * 2:(rank + 1) * 2]  # each rank sees half the batch
     out = ddp(local)
@@ -179,13 +185,7 @@ def _ddp_worker(rank, world, init, out_dir):
 
 
 def test_regularisers_under_ddp_match_one_process():
-    torch.manual_seed(0)
-    model = Res().eval()
-    x = torch.randn(4, 3, 6, 6)
-    gl = GroupLasso(model, 0.1, example_inputs=x[:1])
-    swd = SelectiveWeightDecay(model, 0.5, example_inputs=x[:1], total_steps=4,
-                               granularity="structured_full")
-    ffr = FeatureFlow(model, 0.3, 0.2, example_inputs=x[:1])
+    model, x, gl, swd, ffr = _regularised()
     ffr.model(x)  # the whole batch in one process
     loss = gl() + swd() + ffr()
     loss.backward()
