@@ -96,8 +96,8 @@ def find_sites(graph: ChannelGraph, removed_units: np.ndarray,
         if not isinstance(axes, list):
             continue
         dim = len(axes) - 1 if isinstance(mod, torch.nn.Linear) else 1
-        if keep[axis_ids(axes[dim])].all() if axes[dim].full else True:
-            continue
+        if not axes[dim].full or keep[axis_ids(axes[dim])].all():
+            continue  # part of a reshaped block, or nothing removed from this input
         info = graph.params[f"{node.target}.weight"]
         kept = kept_positions(info.order.get(1, info.axes[1]), keep)
         removed = np.setdiff1d(np.arange(info.shape[1]), kept)
