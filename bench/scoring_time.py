@@ -10,14 +10,36 @@ other work.
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
+import os
+import sys
 
-import torch
-import torchvision
+# numpy's BLAS (QSFM's Gram) gets the same thread count as torch: set before numpy loads
+_threads = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv else "1"
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, _threads)
+import statistics  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-import fxprune
-from fxprune.importance import Calibration, get_importance
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+
+import fxprune  # noqa: E402
+from fxprune.importance import Calibration, get_importance  # noqa: E402
+
+
+def _plain(gm, batches) -> float:
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        for b in batches:
+            gm(b)
+        return time.perf_counter() - t0
+
+
+def _scoring(name: str, graph, batches) -> float:
+    t0 = time.perf_counter()
+    get_importance(name).scores(graph, Calibration(batches))
+    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -27,6 +49,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="paired rounds (plain forward, then each importance); medians reported")
     ap.add_argument("--importances", nargs="*", default=["cfdp", "qsfm", "hrank"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -38,25 +62,29 @@ def main() -> None:
     for name in args.models:
         model = torchvision.models.get_model(name).eval()
         graph = fxprune.analyze(model, batches[0][:1])
-        gm = graph.traced.gm
-        with torch.no_grad():
-            gm(batches[0])  # warm
-            t0 = time.perf_counter()
-            for b in batches:
-                gm(b)
-            plain = time.perf_counter() - t0
+        _plain(graph.traced.gm, batches[:1])  # warm
+        times: dict[str, list[float]] = {imp: [] for imp in args.importances}
+        ratios: dict[str, list[float]] = {imp: [] for imp in args.importances}
+        plains = []
+        for _ in range(args.rounds):  # each ratio pairs a scoring run with the plain run
+            for imp in args.importances:  # next to it, so load drifts cancel
+                plain = _plain(graph.traced.gm, batches)
+                took = _scoring(imp, graph, batches)
+                plains.append(plain)
+                times[imp].append(took)
+                ratios[imp].append(took / plain)
+        plain = statistics.median(plains)
         for imp in args.importances:
-            t0 = time.perf_counter()
-            get_importance(imp).scores(graph, Calibration(batches))
-            took = time.perf_counter() - t0
+            took, ratio = statistics.median(times[imp]), statistics.median(ratios[imp])
             print(f"{name} {imp}: scoring {took:.2f}s, plain forward {plain:.2f}s, "
-                  f"ratio {took / plain:.2f}x ({args.images} images, {args.size}px, "
-                  f"{args.threads} thread(s))", flush=True)
-            lines.append(f"| {name} | {imp} | {took:.2f} | {plain:.2f} | {took / plain:.2f} |")
+                  f"ratio {ratio:.2f}x (median of {args.rounds} paired rounds; "
+                  f"{args.images} images, {args.size}px, {args.threads} thread(s))", flush=True)
+            lines.append(f"| {name} | {imp} | {took:.2f} | {plain:.2f} | {ratio:.2f} |")
     out = Path(__file__).resolve().parent / "results" / "scoring_time.md"
     out.write_text(f"Command: `python bench/scoring_time.py` ({args.images} images of "
-                   f"{args.size}px in batches of {args.batch}, {args.threads} thread(s))\n\n"
-                   + "\n".join(lines) + "\n")
+                   f"{args.size}px in batches of {args.batch}, {args.threads} thread(s); "
+                   f"ratio = median over {args.rounds} rounds of scoring / the plain forward "
+                   "run just before it)\n\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

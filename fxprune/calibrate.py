@@ -44,15 +44,23 @@ class Tap:
         return (self.node, self.dim)
 
 
-def tap_points(graph: ChannelGraph, where: str = "post_act") -> list[Tap]:
-    """One tap per producer (conv / linear output channels), deduplicated.
+TAP_POINTS = ("post_act", "post_act_all", "producer")
 
-    ``where="post_act"`` follows the producer through channel-wise ops (norm, activation,
-    residual add, SE scaling) while it has a single user, so a residual stream is observed
-    after its add, as CFDP's code does; ``"producer"`` observes the producer's own output.
+
+def tap_points(graph: ChannelGraph, where: str = "post_act") -> list[Tap]:
+    """Where a group's channels are observed, deduplicated.
+
+    Each producer (conv / linear output) is followed through channel-wise ops (norm,
+    activation, residual add, SE scaling) while it has a single user, so a residual stream is
+    observed after its add, as CFDP's code does. ``"post_act"`` (default) then observes each
+    set of units once, at the LAST such tensor: a depthwise chain at the depthwise output its
+    consumer reads, a residual stream at the stage's final sum, which holds every block's
+    contribution (half the work on inverted-residual nets, a third on ResNet-50).
+    ``"post_act_all"`` keeps every producer's tap (scores then sum over them);
+    ``"producer"`` observes each producer's own output.
     """
-    if where not in ("post_act", "producer"):
-        raise ValueError(f"tap point {where!r}: use 'post_act' or 'producer'")
+    if where not in TAP_POINTS:
+        raise ValueError(f"tap point {where!r}: use one of {', '.join(TAP_POINTS)}")
     taps: dict[tuple[str, int], Tap] = {}
     for node in graph.traced.gm.graph.nodes:
         if graph.rules.get(node.name) not in _PRODUCERS:
@@ -61,10 +69,14 @@ def tap_points(graph: ChannelGraph, where: str = "post_act") -> list[Tap]:
         if getattr(spec, "shape", None) is None or len(spec.shape) < 2:
             continue
         dim = 1 if graph.rules[node.name] == "conv" else len(spec.shape) - 1
-        end = _follow(graph, node) if where == "post_act" else node
+        end = node if where == "producer" else _follow(graph, node)
         tap = _tap_for(graph, end, node, dim)
         if tap is not None:
             taps.setdefault(tap.key, tap)
+    if where == "post_act":  # one tap per set of units: the last tensor that carries it
+        order = {n.name: i for i, n in enumerate(graph.traced.gm.graph.nodes)}
+        last = {t.labels.tobytes(): t for t in sorted(taps.values(), key=lambda t: order[t.node])}
+        return sorted(last.values(), key=lambda t: order[t.node])
     return list(taps.values())
 
 

@@ -10,7 +10,7 @@ from fxprune.calibrate import run_taps, tap_points
 from fxprune.importance import CFDP, QSFM, get_importance
 from fxprune.importance.activation import ImageMean
 from fxprune.importance.cfdp import cfdp_scores
-from fxprune.importance.qsfm import Similarity
+from fxprune.importance.qsfm import Similarity, elimination_order
 from fxprune.passes.compensate import Moments
 
 scipy = pytest.importorskip("scipy")  # test-only reference; part of the dev extra
@@ -158,6 +158,76 @@ def test_taps_follow_to_post_activation_and_post_add():
     nodes = {t.node for t in tap_points(graph)}
     assert nodes == {"relu", "relu_1"}  # after bn1 + relu; after the residual add + relu
     assert {t.node for t in tap_points(graph, "producer")} == {"conv1", "conv2"}
+
+
+def test_one_tap_per_depthwise_chain_unless_asked():
+    """Expansion -> depthwise: the group is observed once, at the depthwise output its
+    consumer reads; ``post_act_all`` keeps both taps."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8),
+                          nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    graph = fxprune.analyze(model, torch.randn(1, 3, 8, 8))
+    assert [t.node for t in tap_points(graph)] == ["_5", "_6"]
+    assert [t.node for t in tap_points(graph, "post_act_all")] == ["_2", "_5", "_6"]
+    with pytest.raises(ValueError, match="post_act_all"):
+        tap_points(graph, "everywhere")
+
+
+def test_residual_stream_observed_at_its_last_sum():
+    class TwoBlocks(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.c1, self.c2 = (nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 3, padding=1),
+                                           nn.Conv2d(4, 4, 3, padding=1))
+
+        def forward(self, x):
+            x = self.stem(x)
+            x = torch.relu(self.c1(x) + x)
+            return torch.relu(self.c2(x) + x)
+
+    graph = fxprune.analyze(TwoBlocks().eval(), torch.randn(1, 3, 8, 8))
+    assert [t.node for t in tap_points(graph)] == ["relu_1"]
+    assert [t.node for t in tap_points(graph, "post_act_all")] == ["stem", "relu", "relu_1"]
+
+
+def _greedy_reference(sim, energy):
+    """Brute force: each step scans all kept pairs for the most similar one."""
+    m = sim.shape[0]
+    alive, rank = np.ones(m, dtype=bool), np.full(m, m - 1)
+    for step in range(m - 1):
+        idx = np.flatnonzero(alive)
+        sub = sim[np.ix_(idx, idx)].astype(np.float64)
+        np.fill_diagonal(sub, -np.inf)
+        i, j = idx[np.array(np.unravel_index(sub.argmax(), sub.shape))]
+        drop = i if (energy[i], i) <= (energy[j], j) else j
+        alive[drop], rank[drop] = False, step
+    return rank
+
+
+@pytest.mark.parametrize("m", [2, 5, 17, 40])
+def test_elimination_order_matches_brute_force(m):
+    rng = np.random.default_rng(m)
+    sim = np.corrcoef(rng.normal(size=(m, 30)))
+    energy = rng.random(m)
+    np.testing.assert_array_equal(elimination_order(sim, energy),
+                                  _greedy_reference(sim, energy))
+
+
+@pytest.mark.parametrize("shape", [(5, 8, 6, 6), (3, 70, 4, 4), (40, 96, 40, 40)])
+def test_cosine_similarity_equals_per_image_mean(shape):
+    """Blocked, side-by-side Gram (torch below 64 channels, numpy syrk above; the last
+    shape spans several blocks) against the per-image definition in float64."""
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0)).relu()
+    x[0, 1] = 0  # a dead map: its similarities are 0, not NaN
+    stat = Similarity("cosine")
+    stat.update(x[:2])
+    stat.update(x[2:])
+    sim, energy = stat.result()
+    f = x.double().flatten(2)
+    g = f / f.norm(dim=2, keepdim=True).clamp_min(1e-12)
+    ref = (g @ g.transpose(1, 2)).mean(0)
+    np.testing.assert_allclose(sim, ref.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(energy, (f * f).mean(2).mean(0).numpy(), rtol=1e-5)
 
 
 def test_streaming_matches_one_batch_and_max_batches():

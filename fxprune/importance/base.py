@@ -22,7 +22,7 @@ class Calibration:
 
     data: Iterable | None = None  # batches: tensors, or (inputs..., target) tuples
     max_batches: int | None = None
-    tap: str = "post_act"  # where activations are observed: "post_act" or "producer"
+    tap: str = "post_act"  # where activations are observed: see calibrate.TAP_POINTS
     loss_fn: Callable[[Any, Any], Any] | None = None  # (output, target) -> scalar, for Taylor
 
 

@@ -40,14 +40,27 @@ def tile_operator(tile: int = 2, sigma: float = 10.0, truncate: float = 4.0) -> 
     return torch.kron(op, op)
 
 
+_BLOCK = 1 << 18  # elements per step: the statistic's ~8 passes then run out of L2 cache
+
+
 def cfdp_scores(maps: torch.Tensor, alpha: float = 0.03, tile: int = 2,
                 sigma: float = 10.0) -> torch.Tensor:
     """(N, C, H, W) feature maps -> (N, C) CFDP scores (float64).
 
     Float32 maps are scored in float32 (the operator's tilts, ~8e-6 relative, are far above
-    its rounding); float64 maps in float64."""
+    its rounding); float64 maps in float64. Maps are scored in cache-sized blocks of
+    (image, channel) rows: ~3x faster on large early-layer maps than one pass over all."""
     dtype = torch.float64 if maps.dtype == torch.float64 else torch.float32
-    x = maps.to(dtype)
+    n, c, h, w = maps.shape
+    rows = maps.reshape(n * c, 1, h, w)
+    step = max(1, _BLOCK // max(h * w, 1))
+    out = [_block_scores(rows[i:i + step].to(dtype), alpha, tile, sigma)
+           for i in range(0, n * c, step)]
+    return torch.cat(out).reshape(n, c)
+
+
+def _block_scores(x: torch.Tensor, alpha: float, tile: int, sigma: float) -> torch.Tensor:
+    dtype = x.dtype
     n, c, h, w = x.shape
     norm_f = torch.linalg.vector_norm(x.flatten(2), dim=2).double()
     if min(h, w) < tile:  # the released code's special case: M is the map itself

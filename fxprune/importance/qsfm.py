@@ -21,6 +21,7 @@ from .magnitude import GroupMagnitude
 
 log = logging.getLogger(__name__)
 _CHUNK = 1 << 24  # elements of the (images, C, C) transient per step of SSIM/PSNR
+_GRAM_BLOCK = 1 << 20  # elements of normalised maps per Gram product (stays in cache)
 
 
 class Similarity:
@@ -35,17 +36,18 @@ class Similarity:
     def update(self, x: torch.Tensor) -> None:
         f = as_maps(x).flatten(2).float()  # (N, C, P); per-image sums are short: float32
         n, c, p = f.shape
-        step = max(1, _CHUNK // max(c * c, 1))
-        s = sum(self._pairwise(f[i:i + step]).sum(0) for i in range(0, n, step)).double()
-        e = (f * f).mean(2).sum(0).double()
+        norms = torch.linalg.vector_norm(f, dim=2)  # (N, C)
+        if self.kind == "cosine":
+            s = _cosine_sum(f, norms).double()
+        else:
+            step = max(1, _CHUNK // max(c * c, 1))
+            s = sum(self._pairwise(f[i:i + step]).sum(0) for i in range(0, n, step)).double()
+        e = norms.double().square().sum(0) / p
         self.total = s if self.total is None else self.total + s
         self.energy = e if self.energy is None else self.energy + e
         self.count += n
 
     def _pairwise(self, f: torch.Tensor) -> torch.Tensor:
-        if self.kind == "cosine":
-            g = f / f.norm(dim=2, keepdim=True).clamp_min(1e-12)
-            return g @ g.transpose(1, 2)
         p = f.shape[2]
         rng = (f.amax(dim=(1, 2)) - f.amin(dim=(1, 2))).clamp_min(1e-12)[:, None, None]
         if self.kind == "psnr":
@@ -67,30 +69,55 @@ class Similarity:
         return (self.total / k).numpy(), (self.energy / k).numpy()
 
 
+def _cosine_sum(f: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    """Sum over images of the per-image cosine Gram of (N, C, P) maps: the sum of per-image
+    Grams is the Gram of the normalised images laid side by side, one (C x kP) product per
+    cache-sized block of k images (3x faster than N small GEMMs on 1280 channels of 7x7,
+    1.7x on 96 of 112x112). From 64 channels up the product runs in numpy, whose
+    ``A @ A.T`` is a BLAS syrk - half the multiply-adds; torch has no symmetric product."""
+    n, c, p = f.shape
+    inv = norms.clamp_min(1e-12).reciprocal_()
+    k = max(1, min(n, _GRAM_BLOCK // max(c * p, 1)))
+    buf = torch.empty(c, k, p, dtype=f.dtype)
+    total = torch.zeros(c, c, dtype=f.dtype)
+    for i in range(0, n, k):  # blocks of images, not a loop over images
+        m = min(k, n - i)
+        g = buf[:, :m]
+        torch.mul(f[i:i + m].transpose(0, 1), inv[i:i + m].T[:, :, None], out=g)
+        g = g.reshape(c, m * p)
+        if c < 64:
+            total.addmm_(g, g.T)
+        else:
+            a = g.numpy()
+            total += torch.from_numpy(a @ a.T)
+    return total
+
+
 def elimination_order(sim: np.ndarray, energy: np.ndarray) -> np.ndarray:
     """Survival rank per channel (0 = dropped first) under greedy redundancy elimination.
-    Sequential by nature; each step is O(C) numpy plus a refresh of the channels whose
-    nearest neighbour was just dropped."""
+    Sequential by nature; each step is a few O(C) numpy calls plus a refresh of the channels
+    whose nearest neighbour was just dropped. ``sim`` is read, never written."""
     m = sim.shape[0]
-    s = np.array(sim, dtype=np.float64)
-    np.fill_diagonal(s, -np.inf)
-    alive = np.ones(m, dtype=bool)
-    nn_idx = s.argmax(1)
-    nn_val = s[np.arange(m), nn_idx]
-    rank = np.empty(m, dtype=np.int64)
+    s = np.asarray(sim, dtype=np.float64)
+    penalty = np.zeros(m)  # -inf once dropped (and on the diagonal via `own`)
+    own = np.arange(m)
+    masked = s.copy()
+    masked[own, own] = -np.inf
+    nn_idx = masked.argmax(1)
+    nn_val = masked[own, nn_idx]
+    rank = np.full(m, m - 1, dtype=np.int64)
     for step in range(m - 1):
-        i = int(np.argmax(np.where(alive, nn_val, -np.inf)))
+        i = int(nn_val.argmax())  # dropped channels hold -inf
         j = int(nn_idx[i])
         drop = i if (energy[i], i) <= (energy[j], j) else j
-        alive[drop] = False
         rank[drop] = step
-        s[:, drop] = -np.inf
-        nn_val[drop] = -np.inf
-        stale = np.flatnonzero(alive & (nn_idx == drop))
+        penalty[drop] = nn_val[drop] = -np.inf
+        nn_idx[drop] = -1  # a dropped channel is never refreshed again
+        stale = np.flatnonzero(nn_idx == drop)
         if stale.size:
-            nn_idx[stale] = s[stale].argmax(1)
-            nn_val[stale] = s[stale, nn_idx[stale]]
-    rank[alive] = m - 1
+            rows = masked[stale] + penalty
+            nn_idx[stale] = rows.argmax(1)
+            nn_val[stale] = rows[np.arange(stale.size), nn_idx[stale]]
     return rank
 
 
@@ -132,8 +159,12 @@ class QSFM(Importance):
             for t in mine:
                 s, e = stats[t.key].result()
                 idx = local[t.labels]
-                np.add.at(sim, (idx[:, None], idx[None, :]), s)
-                np.add.at(energy, idx, e)
+                if np.unique(idx).size == idx.size:  # the usual case: no repeated channel
+                    sim[np.ix_(idx, idx)] += s
+                    energy[idx] += e
+                else:
+                    np.add.at(sim, (idx[:, None], idx[None, :]), s)
+                    np.add.at(energy, idx, e)
             scores[g.units] = (elimination_order(sim, energy) + 1) / g.size
         return scores
 
