@@ -1,8 +1,9 @@
 """fxprune: exact structured pruning of PyTorch models as a torch.fx compiler pass."""
 
-from . import regularize
+from . import deploy, regularize
 from .analyze import ChannelGraph
 from .api import analyze, compress
+from .deploy import apply_plan, load, save
 from .errors import (
     AnalysisError,
     FxPruneError,
@@ -21,6 +22,7 @@ from .verify import VerifyResult, verify
 __all__ = [
     "AnalysisError", "ChannelGraph", "FxPruneError", "Importance", "Plan", "PruneChannels",
     "Report", "RewriteError", "SelectionError", "TraceError", "VerificationError",
-    "VerifyResult", "analyze", "compress", "register", "regularize", "trace", "verify",
+    "VerifyResult", "analyze", "apply_plan", "compress", "deploy", "load", "register",
+    "regularize", "save", "trace", "verify",
 ]
 __version__ = "0.1.0"

@@ -12,6 +12,8 @@ import torch
 import torch.fx as fx
 
 from .analyze.graph import ChannelGraph, build
+from .budget import Budget
+from .budget import solve as solve_budget
 from .errors import RewriteError, VerificationError
 from .importance import Calibration, Importance, get_importance
 from .ops.table import leaf_types
@@ -19,7 +21,7 @@ from .passes import PruneChannels
 from .passes.compensate import METHODS
 from .passes.compensate import compensate as run_compensation
 from .passes.inputs import input_map, inputs_for
-from .report import CompressResult, Report, count_params
+from .report import CompressResult, Report, count_flops, count_params
 from .select import Plan, select
 from .trace import trace
 from .verify import check, compare
@@ -43,12 +45,14 @@ def compress(
     example_inputs: Sequence[Any] | torch.Tensor,
     *,
     ratio: float = 0.5,
+    target_flops: float | None = None,
+    target_params: float | None = None,
     importance: str | Importance = "l2",
     ignore: Iterable = (),
     ratios: Mapping[str, float] | None = None,
     round_to: int = 1,
     min_channels: int = 1,
-    global_ranking: bool = False,
+    global_ranking: bool | None = None,
     exact_only: bool = False,
     prune_heads: bool = True,
     prune_head_dims: bool = True,
@@ -65,35 +69,50 @@ def compress(
     threshold: float | None = None,
     prune_inputs: bool = False,
     keep_input_signature: bool = False,
+    steps: int = 1,
+    callback: Callable[[fx.GraphModule, int], torch.nn.Module | None] | None = None,
 ) -> fx.GraphModule:
     """Return a new, smaller GraphModule; ``model`` is not modified.
 
     ``ratio`` is the fraction of each group's units removed (or of all units with
-    ``global_ranking``). Groups normalised by LayerNorm are *approximate* (removing a channel
-    changes the others' statistics): ``exact_only`` leaves them alone; otherwise the report
-    gives their measured deviation. Attention heads (a projection reshaped to heads and
-    paired by matmul/attention) lose whole heads (``prune_heads``) and head dims
+    ``global_ranking``). ``target_flops`` / ``target_params`` replace it with a budget: a
+    fraction of the dense model (<= 1) or an absolute count (FLOPs as
+    ``torch.utils.flop_counter`` counts them for the example inputs), met within 1 % by
+    bisection on the global threshold (``global_ranking`` defaults to True with a budget).
+    ``steps > 1`` prunes in that many steps towards the ratio or budget (geometric), calling
+    ``callback(gm, step)`` after each but the last - e.g. a short fine-tune, in place or
+    returning a new module. Groups normalised by LayerNorm are *approximate* (removing a
+    channel changes the others' statistics): ``exact_only`` leaves them alone; otherwise the
+    report gives their measured deviation. Attention heads (a projection reshaped to heads
+    and paired by matmul/attention) lose whole heads (``prune_heads``) and head dims
     (``prune_head_dims``); with both, each takes 1 - sqrt(1 - ratio). ``plan`` replays a
     saved :class:`Plan` instead of selecting. With ``verify`` (default) the result is checked
     against the masked original in float64 and :class:`VerificationError` is raised on any
-    mismatch. The Plan, the Report and the channel
-    graph are in ``gm.meta["fxprune"]``.
+    mismatch. The Plan, the Report and the channel graph are in ``gm.meta["fxprune"]``.
 
     Data-driven importances (``cfdp``, ``qsfm``, ``hrank``; ``taylor`` with ``loss_fn``) read
     ``calibration``: any iterable of batches (tensors, or ``(inputs..., target)`` tuples as a
-    DataLoader yields), at most ``max_batches``, observed at ``tap`` ("post_act" or
-    "producer"). ``compensate="lstsq"`` or ``"merge"`` then refits the layers that read
-    removed channels from the same data (``"none"`` turns off a plugin's default); verify
-    still proves the uncompensated rewrite exact and the report gives the deviation.
-    ``threshold`` replaces the ratios: every unit whose importance is below it goes (after
-    training with :mod:`fxprune.regularize`, the units whose L2 norm fell to ~0).
-    ``prune_inputs`` makes the inputs' feature axis (dim 1) prunable like any group: the
-    pruned model takes only the kept features (``plan.inputs`` maps each input to the kept
-    indices), or the full input with ``keep_input_signature=True``.
+    DataLoader yields), at most ``max_batches``, observed at ``tap`` ("post_act",
+    "post_act_all" or "producer"; see ``calibrate.tap_points``). ``compensate="lstsq"`` or
+    ``"merge"`` then refits the layers that read removed channels from the same data
+    (``"none"`` turns off a plugin's default); verify still proves the uncompensated rewrite
+    exact and the report gives the deviation. ``threshold`` replaces the ratios: every unit
+    whose importance is below it goes (after training with :mod:`fxprune.regularize`, the
+    units whose L2 norm fell to ~0). ``prune_inputs`` makes the inputs' feature axis (dim 1)
+    prunable like any group: the pruned model takes only the kept features (``plan.inputs``
+    maps each input to the kept indices), or the full input with
+    ``keep_input_signature=True``.
     """
+    if steps > 1:
+        options = dict(locals())
+        for k in ("model", "example_inputs", "steps", "callback"):
+            options.pop(k)
+        return compress_in_steps(model, example_inputs, steps=steps, callback=callback,
+                                 **options)
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
+    leaf_modules = tuple(leaf_modules)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     traced = trace(model, example_inputs, leaf_modules=tuple(leaf_modules) + leaf_types(),
@@ -110,21 +129,32 @@ def compress(
     if method is not None and calibration is None:
         raise ValueError(f"compensate={method!r} fits the consumers on activations: pass "
                          "calibration=<iterable of input batches>")
+    budget = Budget.from_kwargs(target_flops, target_params)
+    if budget is not None and (threshold is not None or ratios or plan is not None):
+        raise ValueError("a FLOPs/params target sets the selection: do not also pass "
+                         "threshold=, ratios= or plan=")
+    select_kw = dict(ignore=ignore, ratios=ratios, min_channels=min_channels,
+                     round_to=round_to, exact_only=exact_only, prune_heads=prune_heads,
+                     prune_head_dims=prune_head_dims, threshold=threshold,
+                     global_ranking=budget is not None if global_ranking is None
+                     else global_ranking)
+    budget_result = None
     for _attempt in range(MAX_REWRITE_RETRIES + 1):
         graph = build(traced, frozen_nodes, prune_inputs)
         times["analyze"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        if user_plan is None:
-            scores = imp.scores(graph, calib)
-            plan = select(graph, scores, ratio=ratio, ratios=ratios, ignore=ignore,
-                          global_ranking=global_ranking, min_channels=min_channels,
-                          round_to=round_to, exact_only=exact_only,
-                          prune_heads=prune_heads, prune_head_dims=prune_head_dims,
-                          threshold=threshold)
-        removed = plan.removed_units(graph)
-        times["select"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
         try:
+            if user_plan is None:
+                scores = imp.scores(graph, calib)
+                if budget is None:
+                    plan = select(graph, scores, ratio=ratio, **select_kw)
+                else:
+                    dense, measure = _measure(graph, budget.kind, example_inputs)
+                    plan, budget_result = solve_budget(graph, scores, budget, dense, measure,
+                                                       **select_kw)
+            removed = plan.removed_units(graph)
+            times["select"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
             gm = PruneChannels(graph, removed, keep_input_signature=keep_input_signature)(
                 traced.gm).graph_module
             break
@@ -165,8 +195,60 @@ def compress(
         params_before=count_params(graph.traced.gm), params_after=count_params(gm),
         groups=plan.groups, frozen=graph.frozen_reasons, notes=plan.notes, verify=result,
         timings=times, models=(graph.traced.gm, gm, example_inputs, pruned_inputs),
-        compensation=comp_report)
-    gm.meta["fxprune"] = CompressResult(plan, report, graph, np.asarray(removed), extra)
+        compensation=comp_report, budget=budget_result)
+    options = dict(leaf_modules=list(leaf_modules), concrete_args=concrete_args,
+                   prune_inputs=prune_inputs, keep_input_signature=keep_input_signature)
+    gm.meta["fxprune"] = CompressResult(plan, report, graph, np.asarray(removed), extra,
+                                        options=options)
+    return gm
+
+
+def _measure(graph: ChannelGraph, kind: str, example_inputs: tuple):
+    """(dense cost, plan -> cost of the model it gives): what a budget is checked against."""
+    def cost(plan: Plan) -> float:
+        removed = plan.removed_units(graph)
+        gm = PruneChannels(graph, removed)(graph.traced.gm).graph_module
+        if kind == "params":
+            return float(count_params(gm))
+        return float(count_flops(gm, inputs_for(gm, graph, np.asarray(removed),
+                                                example_inputs)))
+
+    dense = (count_params(graph.traced.gm) if kind == "params"
+             else count_flops(graph.traced.gm, example_inputs))
+    return float(dense), cost
+
+
+def compress_in_steps(model: torch.nn.Module, example_inputs, *, steps: int,
+                      callback=None, **options) -> fx.GraphModule:
+    """``steps`` calls of :func:`compress`, each on the previous result, towards the same
+    final ratio or budget (geometric: every step keeps the same fraction); the plans of all
+    steps are in ``gm.meta["fxprune"].history`` (``fxprune.save`` stores them)."""
+    if options.get("plan") is not None or options.get("threshold") is not None:
+        raise ValueError("steps > 1 works with ratio= or a target, not plan=/threshold=")
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    budget = Budget.from_kwargs(options.pop("target_flops"), options.pop("target_params"))
+    kind = budget.kind if budget is not None else None
+    if budget is not None:
+        dense, _ = _measure(analyze(model, example_inputs), kind, tuple(example_inputs))
+        final = budget.absolute(dense)
+    keep = 1.0 - options.pop("ratio")
+    history: list[Plan] = []
+    current, inputs = model, tuple(example_inputs)
+    for step in range(1, steps + 1):
+        kw = dict(options)
+        if budget is not None:
+            kw[f"target_{kind}"] = dense * (final / dense) ** (step / steps)
+        else:
+            kw["ratio"] = 1.0 - keep ** (1.0 / steps)
+        gm = compress(current, inputs, **kw)
+        history.extend(gm.meta["fxprune"].history)
+        inputs = gm.meta["fxprune"].report.models[-1]
+        if step < steps and callback is not None:
+            current = callback(gm, step) or gm
+        else:
+            current = gm
+    gm.meta["fxprune"].history = history
     return gm
 
 

@@ -42,6 +42,7 @@ class Report:
     timings: dict[str, float] = field(default_factory=dict)
     models: tuple = field(default=(), repr=False)  # original, pruned, inputs, pruned inputs
     compensation: Any = None  # a CompensationReport when compress(compensate=...) ran
+    budget: Any = None  # a budget.BudgetResult when compress(target_flops/params=...) ran
 
     @cached_property
     def flops_before(self) -> int:
@@ -51,6 +52,39 @@ class Report:
     @cached_property
     def flops_after(self) -> int:
         return count_flops(self.models[1], self.models[-1])
+
+    def layers(self) -> list:
+        """Per conv/linear layer: channels and params before and after (deploy.pictures)."""
+        from .deploy.pictures import layer_rows
+
+        return layer_rows(self.models[0], self.models[1])
+
+    def to_markdown(self) -> str:
+        """The summary plus the per-layer before/after table."""
+        from .deploy.pictures import markdown
+
+        return (f"# fxprune report\n\n```\n{self.summary()}\n```\n\n## Layers\n\n"
+                + markdown(self.layers()) + "\n")
+
+    def to_dict(self) -> dict[str, Any]:
+        from .deploy.pictures import as_json
+
+        return {
+            "params": {"before": self.params_before, "after": self.params_after},
+            "flops": {"before": self.flops_before, "after": self.flops_after},
+            "groups": self.groups, "notes": self.notes,
+            "frozen": [{"node": n, "reason": r, "channels": c} for n, r, c in self.frozen],
+            "verify": str(self.verify) if self.verify is not None else None,
+            "verify_ok": self.verify.ok if self.verify is not None else None,
+            "budget": str(self.budget) if self.budget is not None else None,
+            "timings": self.timings, "layers": as_json(self.layers()),
+        }
+
+    def plot(self, path) -> Any:
+        """Bar chart of kept output channels per layer, as a PNG at ``path``."""
+        from .deploy.pictures import plot
+
+        return plot(self.layers(), path)
 
     def summary(self) -> str:
         lines = [
@@ -66,6 +100,8 @@ class Report:
         if self.frozen:
             lines.append(f"frozen: {len(self.frozen)} reason(s), e.g. "
                          + "; ".join(f"{n}: {r}" for n, r, _ in self.frozen[:3]))
+        if self.budget is not None:
+            lines.append(f"budget: {self.budget}")
         if self.compensation is not None:
             lines.append(str(self.compensation))
         lines.extend(f"note: {n}" for n in self.notes)
@@ -85,10 +121,17 @@ class CompressResult:
     graph: ChannelGraph | None
     removed_units: np.ndarray
     extra: dict[str, Any] = field(default_factory=dict)
+    history: list[Plan] = field(default_factory=list)  # every step's plan, in order
+    options: dict[str, Any] = field(default_factory=dict)  # what a replay needs (save/load)
+
+    def __post_init__(self) -> None:
+        if not self.history:
+            self.history = [self.plan]
 
     def __deepcopy__(self, memo: dict) -> CompressResult:
         return self
 
     def __getstate__(self) -> dict:
         return {"plan": self.plan, "report": None, "graph": None,
-                "removed_units": self.removed_units, "extra": {}}
+                "removed_units": self.removed_units, "extra": {}, "history": self.history,
+                "options": self.options}

@@ -10,77 +10,14 @@ like the task loss's (a gradient hook / decoupled decay would act differently).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
+from ..cost import CostModel
 from ..importance.bn_scale import BNScale
 from .units import UnitNorms, _trainable, graph_of
 
 GRANULARITIES = ("structured", "structured_full", "unstructured")
-
-
-class CostModel:
-    """Kept parameters (or FLOPs) of the analysed tensors for a mask of kept units: each
-    tensor costs prod over its dims of the kept positions, times a weight (1 for params;
-    output positions per channel of the conv/linear that owns a weight for FLOPs)."""
-
-    def __init__(self, norms: UnitNorms, budget: str):
-        graph = norms.graph
-        weights = _flop_weights(graph) if budget == "flops" else None
-        segs, labels, fixed, w = [], [], [], []
-        tensors = graph.traced.tensors
-        counted = set()
-        for info in graph.params.values():
-            t = tensors.get(info.qualname)
-            if not isinstance(t, torch.nn.Parameter) or id(t) in counted:
-                continue
-            counted.add(id(t))
-            weight = 1.0 if weights is None else weights.get(info.qualname, 0.0)
-            if weight == 0.0:
-                continue
-            p = len(w)
-            w.append(weight)
-            for dim, ax in enumerate(info.axes):
-                lab = norms.local[graph.labels[ax.comp.ids]] if dim in info.roles else None
-                if lab is None or (lab < 0).all():
-                    fixed.append((p, info.shape[dim]))
-                else:
-                    segs.append((p, lab.size))
-                    labels.append(lab)
-        self.weight = np.asarray(w, dtype=np.float64)
-        self.seg_param = np.asarray([p for p, _ in segs], dtype=np.int64)
-        self.labels = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
-        self.starts = np.cumsum([0] + [n for _, n in segs[:-1]]).astype(np.int64)
-        self.log_fixed = np.zeros(len(w))
-        for p, n in fixed:
-            self.log_fixed[p] += math.log(n) if n else -np.inf
-        self.other = 0.0
-        if budget == "params":  # parameters fxprune does not analyse count as they are
-            self.other = float(sum(t.numel() for t in graph.traced.gm.parameters()
-                                   if id(t) not in counted))
-
-    def __call__(self, keep: np.ndarray) -> float:
-        ext = np.append(keep, True)  # label -1 (not prunable) is always kept
-        kept = np.add.reduceat(ext[self.labels].astype(np.float64), self.starts) \
-            if self.labels.size else np.zeros(0)
-        kept = np.maximum(kept, 1.0)  # the rewrite never empties a tensor dim: one unit stays
-        logs = self.log_fixed.copy()
-        with np.errstate(divide="ignore"):
-            np.add.at(logs, self.seg_param, np.log(kept))
-        return float((self.weight * np.exp(logs)).sum()) + self.other
-
-
-def _flop_weights(graph) -> dict[str, float]:
-    out = {}
-    for node in graph.traced.gm.graph.nodes:
-        if graph.rules.get(node.name) not in ("conv", "linear") or node.op != "call_module":
-            continue
-        shape = graph.traced.values[node.name].shape
-        ch = shape[1] if graph.rules[node.name] == "conv" else shape[-1]
-        out[f"{node.target}.weight"] = float(np.prod(shape[1:])) / max(ch, 1)
-    return out
 
 
 class SelectiveWeightDecay:
@@ -112,7 +49,7 @@ class SelectiveWeightDecay:
         self.step = 0
         self.norms = UnitNorms(self.graph, "bn" if granularity == "structured" else "all")
         self._all = UnitNorms(self.graph) if granularity != "structured" else self.norms
-        self.cost = CostModel(self._all, budget)
+        self.cost = CostModel(self.graph, self._all.local, budget)
         self.keep: np.ndarray | None = None
         self._threshold: float | None = None
 

@@ -1,0 +1,204 @@
+"""The ``fxprune`` command: ``compress`` a model to a budget and write a deployable artifact,
+or ``inspect`` its coupled channel groups. Exit codes: 0 done, 1 fxprune could not do it
+(the message says why), 2 bad command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from .errors import FxPruneError
+
+log = logging.getLogger("fxprune.cli")
+
+EPILOG = """\
+SPEC is torchvision:NAME (e.g. torchvision:resnet18, options as
+torchvision:resnet18?num_classes=10), timm:NAME (needs timm), or
+path/to/file.py:factory, where factory() returns a model or (model, example_inputs).
+Models are built untrained; nothing is downloaded.
+
+examples:
+  fxprune inspect torchvision:mobilenet_v2 --input-shape 1,3,64,64
+  fxprune compress torchvision:resnet18 --target-flops 0.5 --out pruned/ --onnx
+  fxprune compress my_model.py:build --ratio 0.3 --ignore 'head.*' --out pruned/
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="fxprune", description="Exact structured pruning of PyTorch models.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-v", "--verbose", action="store_true", help="log every stage")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("spec", metavar="SPEC", help="the model (see below)")
+        p.add_argument("--input-shape", metavar="N,C,H,W",
+                       help="example input shape (default: the factory's inputs, else "
+                            "1,3,224,224)")
+
+    c = sub.add_parser("compress", help="prune a model and write the artifact",
+                       description="Prune SPEC and write to --out: model/ (fxprune.save "
+                       "artifact: plan JSON + tensors, no pickled code), plan.json, "
+                       "report.md, report.json, kept_channels.png; model.onnx with --onnx, "
+                       "model.pt2 with --pt2.", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    common(c)
+    budget = c.add_mutually_exclusive_group()
+    budget.add_argument("--ratio", type=float, help="fraction of each group's channels "
+                        "removed (default 0.5 when no target is given)")
+    budget.add_argument("--target-flops", type=float, metavar="F",
+                        help="FLOPs to keep: a fraction (<= 1) or an absolute count")
+    budget.add_argument("--target-params", type=float, metavar="P",
+                        help="parameters to keep: a fraction (<= 1) or an absolute count")
+    c.add_argument("--importance", default="l2",
+                   help="importance plugin (l1, l2, bn_scale, random, cfdp, qsfm, hrank, "
+                        "...; data-driven ones need --calib); default l2")
+    c.add_argument("--calib", metavar="DIR_OR_NPY",
+                   help="calibration samples: a .npy array (N, C, H, W) or a directory of "
+                        ".npy files / images")
+    c.add_argument("--calib-batch", type=int, default=16, help="calibration batch size")
+    c.add_argument("--max-batches", type=int, help="use at most this many calib batches")
+    c.add_argument("--compensate", choices=["lstsq", "merge", "none"],
+                   help="refit the consumers of removed channels on the calibration data")
+    c.add_argument("--ignore", nargs="*", default=[], metavar="PATTERN",
+                   help="module name patterns (fnmatch) whose output channels are kept")
+    c.add_argument("--round-to", type=int, default=1, metavar="N",
+                   help="keep channel counts multiples of N (hardware-friendly)")
+    c.add_argument("--steps", type=int, default=1, help="prune in this many steps")
+    c.add_argument("--onnx", action="store_true",
+                   help="also write model.onnx, checked with onnxruntime (<= 1e-4)")
+    c.add_argument("--pt2", action="store_true", help="also write a torch.export model.pt2")
+    c.add_argument("--no-verify", action="store_true", help="skip the exactness proof")
+    c.add_argument("--out", required=True, metavar="DIR", help="output directory")
+
+    i = sub.add_parser("inspect", help="print the coupled channel groups of a model",
+                       description="Print every prunable group (members, size, exact or "
+                       "approximate) and every frozen op with the reason.", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    common(i)
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.add_argument("--all-members", action="store_true", help="do not shorten member lists")
+    return ap
+
+
+def _model(args) -> tuple[torch.nn.Module, tuple]:
+    from .deploy.spec import model_from_spec, parse_shape
+
+    model, inputs = model_from_spec(args.spec)
+    if args.input_shape or inputs is None:
+        shape = parse_shape(args.input_shape or "1,3,224,224")
+        inputs = (torch.randn(shape, generator=torch.Generator().manual_seed(0)),)
+    return model, inputs
+
+
+def _inspect(args) -> int:
+    import fxprune
+
+    model, inputs = _model(args)
+    graph = fxprune.analyze(model, inputs)
+    groups = [{"id": g.gid, "name": g.name, "units": g.size,
+               "kind": "approximate" if g.approximate else "exact",
+               "constraints": len(g.constraints), "members": list(g.members)}
+              for g in graph.groups]
+    frozen = [{"node": n, "reason": r, "units": k} for n, r, k in graph.frozen_reasons]
+    if args.json:
+        print(json.dumps({"groups": groups, "frozen": frozen}, indent=1))
+        return 0
+    print(f"{args.spec}: {len(groups)} prunable groups, {sum(g['units'] for g in groups)} "
+          f"units, {len(frozen)} frozen")
+    for g in groups:
+        members = g["members"] if args.all_members or len(g["members"]) <= 6 \
+            else g["members"][:6] + [f"... {len(g['members']) - 6} more"]
+        print(f"[{g['id']}] {g['name']}: {g['units']} units, {g['kind']}"
+              + (f", {g['constraints']} equal-count constraint(s)" if g["constraints"] else "")
+              + "\n      " + ", ".join(members))
+    for f in frozen:
+        print(f"frozen {f['node'] or '-'}: {f['reason']} ({f['units']} units)")
+    return 0
+
+
+def _compress(args) -> int:
+    from tqdm.auto import tqdm
+
+    import fxprune
+
+    from .deploy import export_onnx, export_pt2, save
+    from .deploy.spec import load_calibration
+
+    out = Path(args.out)
+    stages = ["load model", "compress", "save", "report"] + ["onnx"] * args.onnx \
+        + ["pt2"] * args.pt2
+    bar = tqdm(total=len(stages), desc="fxprune", disable=None, file=sys.stderr)
+
+    def stage(name: str) -> None:
+        bar.set_postfix_str(name)
+        log.info("%s ...", name)
+
+    stage("load model")
+    model, inputs = _model(args)
+    bar.update()
+    calib = None
+    if args.calib:
+        calib = load_calibration(args.calib, tuple(inputs[0].shape), args.calib_batch)
+    stage("compress")
+    kw = dict(importance=args.importance, ignore=args.ignore, round_to=args.round_to,
+              calibration=calib, max_batches=args.max_batches, compensate=args.compensate,
+              verify=not args.no_verify, steps=args.steps, target_flops=args.target_flops,
+              target_params=args.target_params)
+    if args.ratio is not None or (args.target_flops is None and args.target_params is None):
+        kw["ratio"] = 0.5 if args.ratio is None else args.ratio
+    gm = fxprune.compress(model, inputs, **kw)
+    bar.update()
+    stage("save")
+    meta = gm.meta["fxprune"]
+    save(gm, out / "model", example_inputs=inputs, spec=args.spec)
+    (out / "plan.json").write_text(json.dumps(
+        [json.loads(p.to_json()) for p in meta.history], indent=1))
+    bar.update()
+    stage("report")
+    report = meta.report
+    (out / "report.md").write_text(report.to_markdown())
+    doc = report.to_dict()
+    try:
+        report.plot(out / "kept_channels.png")
+    except ImportError as exc:
+        log.warning("%s; kept_channels.png not written", exc)
+    bar.update()
+    pruned_inputs = report.models[-1]
+    if args.onnx:
+        stage("onnx")
+        doc["onnx_max_abs_diff"] = export_onnx(gm, out / "model.onnx", pruned_inputs)
+        bar.update()
+    if args.pt2:
+        stage("pt2")
+        doc["pt2_max_abs_diff"] = export_pt2(gm, out / "model.pt2", pruned_inputs)
+        bar.update()
+    (out / "report.json").write_text(json.dumps(doc, indent=1))
+    bar.close()
+    print(report.summary())
+    print(f"wrote {out}/")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return _compress(args) if args.command == "compress" else _inspect(args)
+    except (FxPruneError, ValueError, FileNotFoundError, ImportError) as exc:
+        if args.debug:
+            raise
+        print(f"fxprune: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""Pickle-free artifacts: the plan(s) as JSON plus a plain tensor file. Loading rebuilds the
+structure by replaying the plans on a fresh model from the caller's factory (the analysis is
+deterministic), then copies the tensors in; no code is ever read from the artifact."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from ..errors import FxPruneError
+from ..select import Plan
+
+log = logging.getLogger(__name__)
+FORMAT, VERSION = "fxprune-artifact", 1
+META, SAFETENSORS, TORCH = "fxprune.json", "weights.safetensors", "weights.pt"
+
+
+class ArtifactError(FxPruneError):
+    """The artifact is unreadable, tampered with, or does not match the model."""
+
+
+def _has_safetensors() -> bool:
+    try:
+        import safetensors.torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _input_specs(inputs: Sequence[Any]) -> list[dict]:
+    specs = []
+    for x in inputs:
+        if not isinstance(x, torch.Tensor):
+            raise ArtifactError(f"example inputs must be tensors to be recorded, got "
+                                f"{type(x).__name__}: pass example_inputs= to load()")
+        specs.append({"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")})
+    return specs
+
+
+def _leaf_names(leaf_modules: Sequence) -> list[str]:
+    out = []
+    for item in leaf_modules:
+        out.append(f"type:{item.__module__}.{item.__qualname__}" if isinstance(item, type)
+                   else str(item))
+    return out
+
+
+def save(gm: fx.GraphModule, path: str | Path, *, example_inputs: Sequence[Any] | None = None,
+         spec: str | None = None, tensor_format: str | None = None) -> Path:
+    """Write ``gm`` (a result of :func:`fxprune.compress`) to the directory ``path``: the
+    plans, the example input shapes and the replay options as ``fxprune.json``, the
+    parameters and buffers as ``weights.safetensors`` (or ``weights.pt``, a plain tensor
+    dict, when safetensors is not installed or ``tensor_format="torch"``). ``spec`` records
+    where the model came from (the CLI's ``torchvision:NAME``) so :func:`load` can rebuild it
+    without a factory."""
+    meta = gm.meta.get("fxprune")
+    if meta is None:
+        raise ArtifactError("save() takes a module returned by fxprune.compress()")
+    if example_inputs is None:
+        models = getattr(meta.report, "models", ()) if meta.report is not None else ()
+        if not models:
+            raise ArtifactError("the example inputs are unknown: pass example_inputs=")
+        example_inputs = models[2]
+    options = dict(meta.options)
+    options["leaf_modules"] = _leaf_names(options.get("leaf_modules", ()))
+    try:
+        json.dumps(options.get("concrete_args"))
+    except TypeError as exc:
+        raise ArtifactError(f"concrete_args cannot be stored as JSON ({exc})") from exc
+    fmt = tensor_format or ("safetensors" if _has_safetensors() else "torch")
+    if fmt not in ("safetensors", "torch"):
+        raise ValueError(f"tensor_format {fmt!r}: use 'safetensors' or 'torch'")
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    # independent contiguous copies: safetensors refuses shared storage, and ties are
+    # rebuilt by the plan replay anyway
+    tensors = {k: v.detach().contiguous().clone() for k, v in gm.state_dict().items()}
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file(tensors, str(out / SAFETENSORS))
+        (out / TORCH).unlink(missing_ok=True)
+    else:
+        torch.save(tensors, out / TORCH)
+        (out / SAFETENSORS).unlink(missing_ok=True)
+    doc = {
+        "format": FORMAT, "version": VERSION, "spec": spec, "training": gm.training,
+        "inputs": _input_specs(example_inputs), "options": options,
+        "history": [json.loads(p.to_json()) for p in meta.history],
+    }
+    (out / META).write_text(json.dumps(doc, indent=1))
+    log.info("saved %s (%d tensors, %s)", out, len(tensors), fmt)
+    return out
+
+
+def read_meta(path: str | Path) -> dict:
+    meta_file = Path(path) / META
+    try:
+        doc = json.loads(meta_file.read_text())
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"{path} is not an fxprune artifact (no {META})") from exc
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{meta_file} is not valid JSON: {exc}") from exc
+    if doc.get("format") != FORMAT or doc.get("version") != VERSION:
+        raise ArtifactError(f"{meta_file}: format {doc.get('format')!r} version "
+                            f"{doc.get('version')!r}, expected {FORMAT!r} {VERSION}")
+    return doc
+
+
+def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensor file, parsed without running code: safetensors, or torch's weights-only
+    unpickler, which refuses anything but tensors and plain containers."""
+    root = Path(path)
+    if (root / SAFETENSORS).exists():
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            tensors = load_file(str(root / SAFETENSORS))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ArtifactError(f"{root / SAFETENSORS} is not a valid tensor file: {exc}") \
+                from exc
+    elif (root / TORCH).exists():
+        try:
+            tensors = torch.load(root / TORCH, map_location="cpu", weights_only=True)
+        except Exception as exc:  # the weights-only unpickler's refusals, truncation, ...
+            raise ArtifactError(f"refusing {root / TORCH}: not a plain tensor file "
+                                f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+    else:
+        raise ArtifactError(f"{root} has no {SAFETENSORS} or {TORCH}")
+    if not isinstance(tensors, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()):
+        raise ArtifactError(f"{root}: the tensor file must hold a dict of named tensors")
+    return tensors
+
+
+def example_inputs_from(doc: dict) -> tuple[torch.Tensor, ...]:
+    """Tracing inputs of the recorded shapes (values do not matter for the replay)."""
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for spec in doc["inputs"]:
+        dtype = getattr(torch, spec["dtype"], None)
+        if not isinstance(dtype, torch.dtype):
+            raise ArtifactError(f"unknown input dtype {spec['dtype']!r}")
+        shape = [int(s) for s in spec["shape"]]
+        out.append(torch.randn(shape, generator=g).to(dtype) if dtype.is_floating_point
+                   else torch.zeros(shape, dtype=dtype))
+    return tuple(out)
+
+
+def _resolve_leaves(names: list[str], model: torch.nn.Module) -> list:
+    """``type:`` entries name a class of a module in the fresh model (no import)."""
+    classes = {f"type:{type(m).__module__}.{type(m).__qualname__}": type(m)
+               for m in model.modules()}
+    out = []
+    for name in names:
+        if name.startswith("type:"):
+            if name not in classes:
+                raise ArtifactError(f"leaf module {name[5:]} is not in the rebuilt model")
+            out.append(classes[name])
+        else:
+            out.append(name)
+    return out
+
+
+def apply_plan(model: torch.nn.Module, plan: Plan | Sequence[Plan],
+               example_inputs: Sequence[Any] | torch.Tensor, *, verify: bool = True,
+               **options) -> fx.GraphModule:
+    """Replay one plan, or the plans of an iterative run in order, on ``model`` (not
+    modified): the structure fxprune gave, with ``model``'s own weights."""
+    plans = [plan] if isinstance(plan, Plan) else list(plan)
+    if not plans:
+        raise ValueError("apply_plan needs at least one plan")
+    from ..api import compress
+
+    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) \
+        else tuple(example_inputs)
+    current: torch.nn.Module = model
+    for p in plans:
+        current = compress(current, inputs, plan=p, verify=verify, **options)
+        inputs = current.meta["fxprune"].report.models[-1]
+    current.meta["fxprune"].history = plans
+    return current
+
+
+def load(path: str | Path, model_factory: Callable[[], torch.nn.Module] | None = None, *,
+         example_inputs: Sequence[Any] | None = None, verify: bool = False
+         ) -> fx.GraphModule:
+    """Rebuild a saved model: ``model_factory()`` (or the recorded ``spec``) gives a fresh
+    model, the plans are replayed on it, and the saved tensors are copied in (strictly: a
+    missing, extra or mis-shaped tensor is an error)."""
+    doc = read_meta(path)
+    tensors = read_tensors(path)
+    if model_factory is None:
+        if not doc.get("spec"):
+            raise ArtifactError("this artifact records no model spec: pass model_factory=")
+        from .spec import model_from_spec
+
+        model_factory = lambda: model_from_spec(doc["spec"])[0]  # noqa: E731
+    model = model_factory()
+    if example_inputs is None:
+        example_inputs = example_inputs_from(doc)
+    options = dict(doc.get("options", {}))
+    options["leaf_modules"] = _resolve_leaves(options.get("leaf_modules", []), model)
+    plans = [Plan(**p) for p in doc["history"]]
+    gm = apply_plan(model, plans, example_inputs, verify=verify, **options)
+    own = gm.state_dict()
+    missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+    bad = [k for k in own if k in tensors and own[k].shape != tensors[k].shape]
+    if missing or extra or bad:
+        raise ArtifactError(f"{path} does not match the rebuilt model: missing {missing[:5]}, "
+                            f"unexpected {extra[:5]}, mis-shaped {bad[:5]}")
+    gm.load_state_dict(tensors, strict=True)
+    gm.train(bool(doc.get("training", False)))
+    return gm

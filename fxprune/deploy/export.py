@@ -1,0 +1,152 @@
+"""Exports for runtimes, each checked numerically against the pruned PyTorch module:
+torch.export (.pt2), ONNX run with onnxruntime, and torch.compile."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import FxPruneError
+
+log = logging.getLogger(__name__)
+ONNX_ATOL = 1e-4  # max abs difference accepted between onnxruntime and PyTorch
+
+
+class ExportError(FxPruneError):
+    """An export failed or its output does not match the PyTorch module."""
+
+
+@dataclass
+class ExportCheck:
+    """Max abs difference of each export's output from the PyTorch module's."""
+
+    diffs: dict[str, float] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return ", ".join(f"{k}: max |diff| {v:.2e}" for k, v in self.diffs.items())
+
+
+def _inputs(example_inputs) -> tuple:
+    return (example_inputs,) if isinstance(example_inputs, torch.Tensor) \
+        else tuple(example_inputs)
+
+
+def _flat(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, np.ndarray):  # onnxruntime's outputs
+        return [torch.from_numpy(out)]
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in _flat(v)]
+    if isinstance(out, (list, tuple)):
+        return [t for v in out for t in _flat(v)]
+    return []
+
+
+def _max_diff(a: Any, b: Any) -> float:
+    fa, fb = _flat(a), _flat(b)
+    if len(fa) != len(fb):
+        raise ExportError(f"the export returns {len(fb)} tensors, the module {len(fa)}")
+    return max((float((x.detach().double() - torch.as_tensor(y).double()).abs().max())
+                for x, y in zip(fa, fb) if x.numel()), default=0.0)
+
+
+def _reference(module: torch.nn.Module, inputs: tuple) -> Any:
+    was = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            return module(*inputs)
+    finally:
+        module.train(was)
+
+
+def export_pt2(module: torch.nn.Module, path: str | Path,
+               example_inputs: Sequence[Any] | torch.Tensor) -> float:
+    """``torch.export`` the module (eval mode) to ``path`` (.pt2); returns the max abs
+    difference of the reloaded program's output."""
+    inputs = _inputs(example_inputs)
+    was = module.training
+    module.eval()
+    try:
+        program = torch.export.export(module, inputs)
+    finally:
+        module.train(was)
+    torch.export.save(program, str(path))
+    reloaded = torch.export.load(str(path)).module()
+    with torch.no_grad():
+        return _max_diff(_reference(module, inputs), reloaded(*inputs))
+
+
+def export_onnx(module: torch.nn.Module, path: str | Path,
+                example_inputs: Sequence[Any] | torch.Tensor, *, check: bool = True,
+                atol: float = ONNX_ATOL, dynamo: bool = True) -> float | None:
+    """Export to ONNX (``dynamo`` selects torch's exporter) and, with ``check``, run it with
+    onnxruntime on the example inputs; returns the max abs difference and raises
+    :class:`ExportError` above ``atol``."""
+    inputs = _inputs(example_inputs)
+    was = module.training
+    module.eval()
+    try:
+        kw = {"dynamo": dynamo}
+        if dynamo:
+            kw["verbose"] = False
+        torch.onnx.export(module, inputs, str(path), **kw)
+    except ImportError as exc:
+        raise ExportError(f"ONNX export needs the onnx extras: pip install "
+                          f"'fxprune[deploy]' ({exc})") from exc
+    finally:
+        module.train(was)
+    if not check:
+        return None
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise ExportError("checking the ONNX file needs onnxruntime: pip install "
+                          "'fxprune[deploy]' (or check=False)") from exc
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {i.name: x.detach().cpu().numpy() for i, x in zip(session.get_inputs(), inputs)}
+    diff = _max_diff(_reference(module, inputs), session.run(None, feeds))
+    if diff > atol:
+        raise ExportError(f"onnxruntime differs from PyTorch by {diff:.2e} (> {atol:g})")
+    return diff
+
+
+def check_compile(module: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor
+                  ) -> float:
+    """``torch.compile`` the module and return the max abs difference of its output."""
+    inputs = _inputs(example_inputs)
+    compiled = torch.compile(module)
+    was = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            return _max_diff(module(*inputs), compiled(*inputs))
+    finally:
+        module.train(was)
+
+
+def export_all(module: torch.nn.Module, out_dir: str | Path,
+               example_inputs: Sequence[Any] | torch.Tensor, *, onnx: bool = True,
+               pt2: bool = True, compile: bool = False) -> ExportCheck:
+    """The exports a deploy step wants, each checked; files go to ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = ExportCheck()
+    if pt2:
+        result.files["pt2"] = out / "model.pt2"
+        result.diffs["torch.export"] = export_pt2(module, result.files["pt2"], example_inputs)
+    if onnx:
+        result.files["onnx"] = out / "model.onnx"
+        result.diffs["onnxruntime"] = export_onnx(module, result.files["onnx"], example_inputs)
+    if compile:
+        result.diffs["torch.compile"] = check_compile(module, example_inputs)
+    log.info("exports: %s", result)
+    return result
