@@ -107,6 +107,8 @@ def compress(
         options = dict(locals())
         for k in ("model", "example_inputs", "steps", "callback"):
             options.pop(k)
+        from .iterative import compress_in_steps
+
         return compress_in_steps(model, example_inputs, steps=steps, callback=callback,
                                  **options)
     if isinstance(example_inputs, torch.Tensor):
@@ -216,40 +218,6 @@ def _measure(graph: ChannelGraph, kind: str, example_inputs: tuple):
     dense = (count_params(graph.traced.gm) if kind == "params"
              else count_flops(graph.traced.gm, example_inputs))
     return float(dense), cost
-
-
-def compress_in_steps(model: torch.nn.Module, example_inputs, *, steps: int,
-                      callback=None, **options) -> fx.GraphModule:
-    """``steps`` calls of :func:`compress`, each on the previous result, towards the same
-    final ratio or budget (geometric: every step keeps the same fraction); the plans of all
-    steps are in ``gm.meta["fxprune"].history`` (``fxprune.save`` stores them)."""
-    if options.get("plan") is not None or options.get("threshold") is not None:
-        raise ValueError("steps > 1 works with ratio= or a target, not plan=/threshold=")
-    if isinstance(example_inputs, torch.Tensor):
-        example_inputs = (example_inputs,)
-    budget = Budget.from_kwargs(options.pop("target_flops"), options.pop("target_params"))
-    kind = budget.kind if budget is not None else None
-    if budget is not None:
-        dense, _ = _measure(analyze(model, example_inputs), kind, tuple(example_inputs))
-        final = budget.absolute(dense)
-    keep = 1.0 - options.pop("ratio")
-    history: list[Plan] = []
-    current, inputs = model, tuple(example_inputs)
-    for step in range(1, steps + 1):
-        kw = dict(options)
-        if budget is not None:
-            kw[f"target_{kind}"] = dense * (final / dense) ** (step / steps)
-        else:
-            kw["ratio"] = 1.0 - keep ** (1.0 / steps)
-        gm = compress(current, inputs, **kw)
-        history.extend(gm.meta["fxprune"].history)
-        inputs = gm.meta["fxprune"].report.models[-1]
-        if step < steps and callback is not None:
-            current = callback(gm, step) or gm
-        else:
-            current = gm
-    gm.meta["fxprune"].history = history
-    return gm
 
 
 def _compensate(gm, graph, removed, data, method, ridge, max_batches):

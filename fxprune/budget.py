@@ -19,11 +19,13 @@ import numpy as np
 
 from .analyze.graph import ChannelGraph
 from .cost import BUDGETS, CostModel
+from .errors import SelectionError
 from .select import Plan, select
 
 log = logging.getLogger(__name__)
 TOLERANCE = 0.01  # relative: |achieved / target - 1|
 BISECTION_STEPS = 30
+MAX_RATIO = 0.999  # the selection knob's upper end: everything prunable goes
 
 
 @dataclass
@@ -110,6 +112,11 @@ def solve(graph: ChannelGraph, scores: np.ndarray, budget: Budget, dense: float,
         ratio, plan = _bisect(measured, target, stop=TOLERANCE)
         achieved = measure(plan)
     result = BudgetResult(budget.kind, target, dense, achieved, ratio)
+    if result.error > TOLERANCE and ratio >= MAX_RATIO:
+        raise SelectionError(
+            f"cannot reach {result.kind} {target:,.0f}: pruning every group as far as allowed "
+            f"leaves {achieved:,.0f} ({result.error:+.1%}). Ignored modules, min_channels, "
+            "round_to and frozen ops bound it (see fxprune.analyze(model, x)).")
     if abs(result.error) > TOLERANCE:
         plan.notes.append(f"budget not met within {TOLERANCE:.0%}: {result} (the group "
                           "constraints - min_channels, round_to, head counts - bound it)")
@@ -120,7 +127,7 @@ def _bisect(cost_of: Callable[[float], tuple[Plan, float]], goal: float,
             stop: float = 0.0) -> tuple[float, Plan]:
     """The ratio whose cost is closest to ``goal`` among the bracket ends; ``stop`` ends
     early once a cost is within that relative distance."""
-    lo, hi = 0.0, 0.999
+    lo, hi = 0.0, MAX_RATIO
     plan_lo, cost_lo = cost_of(lo)
     if cost_lo <= goal:
         return lo, plan_lo

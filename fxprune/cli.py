@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import FxPruneError
+from .errors import FxPruneError, first_line
 
 log = logging.getLogger("fxprune.cli")
 
@@ -25,8 +25,16 @@ Models are built untrained; nothing is downloaded.
 examples:
   fxprune inspect torchvision:mobilenet_v2 --input-shape 1,3,64,64
   fxprune compress torchvision:resnet18 --target-flops 0.5 --out pruned/ --onnx
-  fxprune compress my_model.py:build --ratio 0.3 --ignore 'head.*' --out pruned/
+  fxprune compress my_model.py:build --ratio 0.3 --ignore 'head.*' --ignore stem \\
+      --out pruned/
 """
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,15 +71,18 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--calib", metavar="DIR_OR_NPY",
                    help="calibration samples: a .npy array (N, C, H, W) or a directory of "
                         ".npy files / images")
-    c.add_argument("--calib-batch", type=int, default=16, help="calibration batch size")
-    c.add_argument("--max-batches", type=int, help="use at most this many calib batches")
+    c.add_argument("--calib-batch", type=_positive, default=16,
+                   help="calibration batch size")
+    c.add_argument("--max-batches", type=_positive,
+                   help="use at most this many calib batches")
     c.add_argument("--compensate", choices=["lstsq", "merge", "none"],
                    help="refit the consumers of removed channels on the calibration data")
-    c.add_argument("--ignore", nargs="*", default=[], metavar="PATTERN",
-                   help="module name patterns (fnmatch) whose output channels are kept")
+    c.add_argument("--ignore", action="append", default=[], metavar="PATTERN",
+                   help="module name pattern (fnmatch) whose output channels are kept; "
+                        "repeat for several")
     c.add_argument("--round-to", type=int, default=1, metavar="N",
                    help="keep channel counts multiples of N (hardware-friendly)")
-    c.add_argument("--steps", type=int, default=1, help="prune in this many steps")
+    c.add_argument("--steps", type=_positive, default=1, help="prune in this many steps")
     c.add_argument("--onnx", action="store_true",
                    help="also write model.onnx, checked with onnxruntime (<= 1e-4)")
     c.add_argument("--pt2", action="store_true", help="also write a torch.export model.pt2")
@@ -96,6 +107,15 @@ def _model(args) -> tuple[torch.nn.Module, tuple]:
         shape = parse_shape(args.input_shape or "1,3,224,224")
         inputs = (torch.randn(shape, generator=torch.Generator().manual_seed(0)),)
     return model, inputs
+
+
+def _recorded(spec: str) -> str:
+    """File specs are stored with an absolute path (informational: load() needs a factory
+    for them and never imports what an artifact names)."""
+    if spec.startswith(("torchvision:", "timm:")):
+        return spec
+    path, sep, rest = spec.rpartition(":")
+    return f"{Path(path).resolve()}{sep}{rest}" if sep else spec
 
 
 def _inspect(args) -> int:
@@ -130,9 +150,11 @@ def _compress(args) -> int:
     import fxprune
 
     from .deploy import export_onnx, export_pt2, save
-    from .deploy.spec import load_calibration
+    from .deploy.spec import SpecError, load_calibration
 
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FxPruneError(f"--out {out} exists and is not a directory")
     stages = ["load model", "compress", "save", "report"] + ["onnx"] * args.onnx \
         + ["pt2"] * args.pt2
     bar = tqdm(total=len(stages), desc="fxprune", disable=None, file=sys.stderr)
@@ -146,6 +168,9 @@ def _compress(args) -> int:
     bar.update()
     calib = None
     if args.calib:
+        if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor):
+            raise SpecError(f"--calib feeds models with one tensor input; {args.spec} takes "
+                            f"{len(inputs)}: call fxprune.compress(calibration=...) from Python")
         calib = load_calibration(args.calib, tuple(inputs[0].shape), args.calib_batch)
     stage("compress")
     kw = dict(importance=args.importance, ignore=args.ignore, round_to=args.round_to,
@@ -158,7 +183,7 @@ def _compress(args) -> int:
     bar.update()
     stage("save")
     meta = gm.meta["fxprune"]
-    save(gm, out / "model", example_inputs=inputs, spec=args.spec)
+    save(gm, out / "model", example_inputs=inputs, spec=_recorded(args.spec))
     (out / "plan.json").write_text(json.dumps(
         [json.loads(p.to_json()) for p in meta.history], indent=1))
     bar.update()
@@ -193,10 +218,14 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return _compress(args) if args.command == "compress" else _inspect(args)
-    except (FxPruneError, ValueError, FileNotFoundError, ImportError) as exc:
+    except KeyboardInterrupt:
+        print("fxprune: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one line, not a traceback; --debug shows it
         if args.debug:
             raise
-        print(f"fxprune: error: {exc}", file=sys.stderr)
+        ours = isinstance(exc, (FxPruneError, ValueError))
+        print(f"fxprune: error: {exc if ours else first_line(exc)}", file=sys.stderr)
         return 1
 
 

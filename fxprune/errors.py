@@ -33,3 +33,9 @@ class RewriteError(FxPruneError):
 
 class VerificationError(FxPruneError):
     """The pruned model does not match the masked original: fxprune refuses to return it."""
+
+
+def first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` - for wrapping a foreign error in one line."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"

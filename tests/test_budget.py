@@ -91,3 +91,27 @@ def test_iterative_ratio_keeps_the_same_fraction_each_step():
     assert gm.get_submodule("0").out_features == 16  # 64 -> 32 -> 16: half at each step
     hist = gm.meta["fxprune"].history
     assert [len(p.removed["0.weight[0]"]) for p in hist] == [32, 16]
+
+
+def _tiny():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+
+
+def test_budget_in_many_steps_on_a_coarse_model_reports_against_the_original():
+    model, x = _tiny(), torch.randn(1, 3, 8, 8)
+    dense = count_params(model)
+    gm = fxprune.compress(model, x, target_params=0.9, steps=5)
+    report = gm.meta["fxprune"].report
+    assert report.params_before == dense and report.params_after == count_params(gm)
+    assert report.budget.dense == dense and report.budget.target == pytest.approx(0.9 * dense)
+    assert report.flops_before == count_flops(model, (x,))
+    rows = {r.name: r for r in report.layers()}
+    assert rows["0"].out_before == 8 and rows["0"].out_after == gm.get_submodule("0").out_channels
+
+
+def test_unreachable_budget_is_an_error():
+    model, x = _tiny(), torch.randn(1, 3, 8, 8)
+    with pytest.raises(fxprune.SelectionError, match="cannot reach"):
+        fxprune.compress(model, x, target_params=0.05, ignore=["0"])

@@ -64,10 +64,11 @@ def test_compress_file_factory_with_calibration(tmp_path, factory_file):
     np.save(calib, np.random.default_rng(0).normal(size=(20, 3, 16, 16)).astype(np.float32))
     res = run("compress", f"{factory_file}:build", "--ratio", "0.5", "--importance", "cfdp",
               "--calib", str(calib), "--calib-batch", "8", "--compensate", "lstsq",
-              "--round-to", "2", "--out", str(tmp_path / "o"))
+              "--round-to", "2", "--ignore", "3", "--ignore", "nothing*",
+              "--out", str(tmp_path / "o"))
     assert res.returncode == 0, res.stderr
     doc = json.loads((tmp_path / "o" / "report.json").read_text())
-    assert [r["out_after"] for r in doc["layers"]] == [4, 4, 4]
+    assert [r["out_after"] for r in doc["layers"]] == [4, 8, 4]  # "3" ignored: kept whole
 
 
 def test_inspect_text_and_json(factory_file):
@@ -88,8 +89,13 @@ def test_inspect_text_and_json(factory_file):
     (["compress", SPEC, "--input-shape", "1,3,a", "--out", "x"], "input shape"),
     (["compress", SPEC, *SMALL, "--target-params", "1e12", "--out", "x"], "above the dense"),
     (["inspect", "resnet18"], "model spec"),
+    (["inspect", "torchvision:resnet18?num_clases=10"], "num_clases"),
+    (["compress", SPEC, *SMALL, "--out", "afile"], "not a directory"),
+    (["compress", SPEC, *SMALL, "--target-params", "0.01", "--ignore", "layer*",
+      "--out", "x"], "cannot reach"),
 ])
 def test_errors_exit_1_with_a_message(tmp_path, args, message):
+    (tmp_path / "afile").write_text("")
     res = run(*args, cwd=tmp_path)
     assert res.returncode == 1, (res.stdout, res.stderr)
     assert message in res.stderr and "Traceback" not in res.stderr
@@ -107,6 +113,7 @@ def test_usage_errors_exit_2_and_help_documents_everything():
     assert run("compress", SPEC).returncode == 2  # --out is required
     res = run("compress", SPEC, "--ratio", "0.5", "--target-flops", "0.5", "--out", "x")
     assert res.returncode == 2 and "not allowed with" in res.stderr
+    assert run("compress", SPEC, "--steps", "0", "--out", "x").returncode == 2
     res = run("compress", "--help")
     assert res.returncode == 0
     for flag in ("--ratio", "--target-flops", "--target-params", "--importance", "--calib",

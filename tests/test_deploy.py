@@ -154,3 +154,61 @@ def test_report_table_json_and_picture(tmp_path):
     json.dumps(doc)
     png = report.plot(tmp_path / "kept.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
+
+
+def test_load_never_imports_a_file_the_artifact_names(tmp_path):
+    gm = fxprune.compress(_net(), torch.randn(1, 3, 12, 12), ratio=0.5)
+    fxprune.save(gm, tmp_path / "a")
+    marker = tmp_path / "ran"
+    evil = tmp_path / "a" / "evil.py"
+    evil.write_text(f"open({str(marker)!r}, 'w')\ndef f():\n    pass\n")
+    meta = tmp_path / "a" / "fxprune.json"
+    doc = json.loads(meta.read_text())
+    doc["spec"] = f"{evil}:f"
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(ArtifactError, match="does not run code"):
+        fxprune.load(tmp_path / "a")
+    assert not marker.exists()
+    assert torch.equal(fxprune.load(tmp_path / "a", _net).state_dict()["0.weight"],
+                       gm.state_dict()["0.weight"])  # with a factory it loads
+
+
+class _WithBuffer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.fc = nn.Conv2d(3, 8, 3), nn.Linear(8, 2)
+        self.register_buffer("shift", torch.zeros(8), persistent=False)
+
+    def forward(self, x, scale: float = 1.0):
+        y = self.conv(x).mean((2, 3)) + self.shift
+        return self.fc(y) * scale
+
+
+def test_non_persistent_buffers_scalar_inputs_and_foreign_leaf_types(tmp_path):
+    model = _WithBuffer().eval()
+    x = torch.randn(1, 3, 8, 8)
+    gm = fxprune.compress(model, (x, 2.0), ratio=0.5, leaf_modules=[nn.MultiheadAttention])
+    with torch.no_grad():
+        gm.get_buffer("shift").add_(0.5)  # e.g. set by a calibration step
+    fxprune.save(gm, tmp_path / "b")
+    doc = json.loads((tmp_path / "b" / "fxprune.json").read_text())
+    assert doc["inputs"][1] == {"value": 2.0}
+    loaded = fxprune.load(tmp_path / "b", lambda: _WithBuffer().eval())
+    with torch.no_grad():
+        assert torch.equal(loaded(x, 2.0), gm(x, 2.0))
+
+
+def test_iterative_input_pruning_saves_and_loads(tmp_path):
+    def mk():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+
+    x = torch.randn(4, 6)
+    gm = fxprune.compress(mk(), x, prune_inputs=True, ratio=0.5, steps=2)
+    fxprune.save(gm, tmp_path / "p")
+    assert json.loads((tmp_path / "p" / "fxprune.json").read_text())["inputs"][0]["shape"] \
+        == [4, 6]  # the original inputs, not the last step's pruned ones
+    loaded = fxprune.load(tmp_path / "p", mk)
+    xin = gm.meta["fxprune"].report.models[-1][0]
+    assert torch.equal(loaded(xin), gm(xin))

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from ..errors import FxPruneError
+from ..errors import FxPruneError, first_line
 from ..select import Plan
 
 log = logging.getLogger(__name__)
@@ -34,12 +34,16 @@ def _has_safetensors() -> bool:
 
 
 def _input_specs(inputs: Sequence[Any]) -> list[dict]:
+    """Tensors by shape and dtype, plain scalars (a flag, a scale) by value."""
     specs = []
     for x in inputs:
-        if not isinstance(x, torch.Tensor):
-            raise ArtifactError(f"example inputs must be tensors to be recorded, got "
-                                f"{type(x).__name__}: pass example_inputs= to load()")
-        specs.append({"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")})
+        if isinstance(x, torch.Tensor):
+            specs.append({"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")})
+        elif x is None or isinstance(x, (bool, int, float, str)):
+            specs.append({"value": x})
+        else:
+            raise ArtifactError(f"cannot record an example input of type {type(x).__name__}:"
+                                " save() records tensors and plain scalars only")
     return specs
 
 
@@ -76,11 +80,16 @@ def save(gm: fx.GraphModule, path: str | Path, *, example_inputs: Sequence[Any] 
     fmt = tensor_format or ("safetensors" if _has_safetensors() else "torch")
     if fmt not in ("safetensors", "torch"):
         raise ValueError(f"tensor_format {fmt!r}: use 'safetensors' or 'torch'")
+    doc = {
+        "format": FORMAT, "version": VERSION, "spec": spec, "training": gm.training,
+        "inputs": _input_specs(example_inputs), "options": options,
+        "history": [json.loads(p.to_json()) for p in meta.history],
+    }  # everything is checked before anything is written
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     # independent contiguous copies: safetensors refuses shared storage, and ties are
-    # rebuilt by the plan replay anyway
-    tensors = {k: v.detach().contiguous().clone() for k, v in gm.state_dict().items()}
+    # rebuilt by the plan replay anyway; non-persistent buffers too (not in state_dict)
+    tensors = {k: v.detach().contiguous().clone() for k, v in _all_tensors(gm).items()}
     if fmt == "safetensors":
         from safetensors.torch import save_file
 
@@ -89,13 +98,16 @@ def save(gm: fx.GraphModule, path: str | Path, *, example_inputs: Sequence[Any] 
     else:
         torch.save(tensors, out / TORCH)
         (out / SAFETENSORS).unlink(missing_ok=True)
-    doc = {
-        "format": FORMAT, "version": VERSION, "spec": spec, "training": gm.training,
-        "inputs": _input_specs(example_inputs), "options": options,
-        "history": [json.loads(p.to_json()) for p in meta.history],
-    }
     (out / META).write_text(json.dumps(doc, indent=1))
     log.info("saved %s (%d tensors, %s)", out, len(tensors), fmt)
+    return out
+
+
+def _all_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    out = dict(module.state_dict())
+    for name, buf in module.named_buffers():
+        if name not in out:  # persistent=False buffers
+            out[name] = buf
     return out
 
 
@@ -131,7 +143,7 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
             tensors = torch.load(root / TORCH, map_location="cpu", weights_only=True)
         except Exception as exc:  # the weights-only unpickler's refusals, truncation, ...
             raise ArtifactError(f"refusing {root / TORCH}: not a plain tensor file "
-                                f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+                                f"({first_line(exc)})") from exc
     else:
         raise ArtifactError(f"{root} has no {SAFETENSORS} or {TORCH}")
     if not isinstance(tensors, dict) or not all(
@@ -145,6 +157,9 @@ def example_inputs_from(doc: dict) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(0)
     out = []
     for spec in doc["inputs"]:
+        if "value" in spec:
+            out.append(spec["value"])
+            continue
         dtype = getattr(torch, spec["dtype"], None)
         if not isinstance(dtype, torch.dtype):
             raise ArtifactError(f"unknown input dtype {spec['dtype']!r}")
@@ -161,12 +176,24 @@ def _resolve_leaves(names: list[str], model: torch.nn.Module) -> list:
     out = []
     for name in names:
         if name.startswith("type:"):
-            if name not in classes:
-                raise ArtifactError(f"leaf module {name[5:]} is not in the rebuilt model")
-            out.append(classes[name])
+            if name in classes:  # a type the model does not use cannot change the trace
+                out.append(classes[name])
         else:
             out.append(name)
     return out
+
+
+def _registry_factory(spec: str | None) -> Callable[[], torch.nn.Module]:
+    """Only registry specs rebuild without a factory: a spec naming a Python file would let
+    whoever edits the artifact choose code to run."""
+    if not spec:
+        raise ArtifactError("this artifact records no model spec: pass model_factory=")
+    if not spec.startswith(("torchvision:", "timm:")):
+        raise ArtifactError(f"the artifact's model comes from {spec!r}; fxprune does not run "
+                            "code an artifact names: pass model_factory=")
+    from .spec import model_from_spec
+
+    return lambda: model_from_spec(spec)[0]
 
 
 def apply_plan(model: torch.nn.Module, plan: Plan | Sequence[Plan],
@@ -194,15 +221,12 @@ def load(path: str | Path, model_factory: Callable[[], torch.nn.Module] | None =
          ) -> fx.GraphModule:
     """Rebuild a saved model: ``model_factory()`` (or the recorded ``spec``) gives a fresh
     model, the plans are replayed on it, and the saved tensors are copied in (strictly: a
-    missing, extra or mis-shaped tensor is an error)."""
+    missing, extra or mis-shaped tensor is an error). Without a factory only a recorded
+    ``torchvision:`` / ``timm:`` spec is used; nothing the artifact names is imported."""
     doc = read_meta(path)
     tensors = read_tensors(path)
     if model_factory is None:
-        if not doc.get("spec"):
-            raise ArtifactError("this artifact records no model spec: pass model_factory=")
-        from .spec import model_from_spec
-
-        model_factory = lambda: model_from_spec(doc["spec"])[0]  # noqa: E731
+        model_factory = _registry_factory(doc.get("spec"))
     model = model_factory()
     if example_inputs is None:
         example_inputs = example_inputs_from(doc)
@@ -210,12 +234,16 @@ def load(path: str | Path, model_factory: Callable[[], torch.nn.Module] | None =
     options["leaf_modules"] = _resolve_leaves(options.get("leaf_modules", []), model)
     plans = [Plan(**p) for p in doc["history"]]
     gm = apply_plan(model, plans, example_inputs, verify=verify, **options)
-    own = gm.state_dict()
+    own = _all_tensors(gm)
     missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
     bad = [k for k in own if k in tensors and own[k].shape != tensors[k].shape]
     if missing or extra or bad:
         raise ArtifactError(f"{path} does not match the rebuilt model: missing {missing[:5]}, "
                             f"unexpected {extra[:5]}, mis-shaped {bad[:5]}")
-    gm.load_state_dict(tensors, strict=True)
+    persistent = gm.state_dict().keys()
+    gm.load_state_dict({k: v for k, v in tensors.items() if k in persistent}, strict=True)
+    with torch.no_grad():
+        for name in own.keys() - persistent:
+            own[name].copy_(tensors[name])
     gm.train(bool(doc.get("training", False)))
     return gm

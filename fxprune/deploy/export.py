@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import FxPruneError
+from ..errors import FxPruneError, first_line
 
 log = logging.getLogger(__name__)
 ONNX_ATOL = 1e-4  # max abs difference accepted between onnxruntime and PyTorch
@@ -102,6 +102,8 @@ def export_onnx(module: torch.nn.Module, path: str | Path,
     except ImportError as exc:
         raise ExportError(f"ONNX export needs the onnx extras: pip install "
                           f"'fxprune[deploy]' ({exc})") from exc
+    except Exception as exc:  # the exporter's many error types, as one with its first line
+        raise ExportError(f"torch.onnx.export failed: {first_line(exc)}") from exc
     finally:
         module.train(was)
     if not check:
@@ -111,9 +113,14 @@ def export_onnx(module: torch.nn.Module, path: str | Path,
     except ImportError as exc:
         raise ExportError("checking the ONNX file needs onnxruntime: pip install "
                           "'fxprune[deploy]' (or check=False)") from exc
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feeds = {i.name: x.detach().cpu().numpy() for i, x in zip(session.get_inputs(), inputs)}
-    diff = _max_diff(_reference(module, inputs), session.run(None, feeds))
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        feeds = {i.name: x.detach().cpu().numpy()
+                 for i, x in zip(session.get_inputs(), inputs)}
+        outputs = session.run(None, feeds)
+    except Exception as exc:  # onnxruntime's own error types
+        raise ExportError(f"onnxruntime cannot run {path}: {first_line(exc)}") from exc
+    diff = _max_diff(_reference(module, inputs), outputs)
     if diff > atol:
         raise ExportError(f"onnxruntime differs from PyTorch by {diff:.2e} (> {atol:g})")
     return diff

@@ -55,13 +55,19 @@ def model_from_spec(spec: str) -> tuple[torch.nn.Module, tuple | None]:
         if name not in torchvision.models.list_models():
             raise SpecError(f"torchvision has no model {name!r} (see "
                             "torchvision.models.list_models())")
-        return torchvision.models.get_model(name, weights=None, **kwargs).eval(), None
+        try:
+            return torchvision.models.get_model(name, weights=None, **kwargs).eval(), None
+        except TypeError as exc:
+            raise SpecError(f"{spec}: {exc}") from exc
     if kind == "timm":
         try:
             import timm
         except ImportError as exc:
             raise SpecError("timm:NAME needs timm installed (pip install timm)") from exc
-        return timm.create_model(name, pretrained=False, **kwargs).eval(), None
+        try:
+            return timm.create_model(name, pretrained=False, **kwargs).eval(), None
+        except (TypeError, RuntimeError) as exc:
+            raise SpecError(f"{spec}: {exc}") from exc
     if spec.endswith(".py") or ".py:" in spec:
         path_s, _, factory = spec.rpartition(":")
         return _from_file(Path(path_s), factory, kwargs)
