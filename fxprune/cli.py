@@ -86,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--onnx", action="store_true",
                    help="also write model.onnx, checked with onnxruntime (<= 1e-4)")
     c.add_argument("--pt2", action="store_true", help="also write a torch.export model.pt2")
+    c.add_argument("--dynamic-batch", action="store_true",
+                   help="export with a dynamic batch dim (dim 0 of the input)")
     c.add_argument("--no-verify", action="store_true", help="skip the exactness proof")
     c.add_argument("--out", required=True, metavar="DIR", help="output directory")
 
@@ -199,11 +201,13 @@ def _compress(args) -> int:
     pruned_inputs = report.models[-1]
     if args.onnx:
         stage("onnx")
-        doc["onnx_max_abs_diff"] = export_onnx(gm, out / "model.onnx", pruned_inputs)
+        doc["onnx_max_abs_diff"] = export_onnx(gm, out / "model.onnx", pruned_inputs,
+                                               dynamic_batch=args.dynamic_batch)
         bar.update()
     if args.pt2:
         stage("pt2")
-        doc["pt2_max_abs_diff"] = export_pt2(gm, out / "model.pt2", pruned_inputs)
+        doc["pt2_max_abs_diff"] = export_pt2(gm, out / "model.pt2", pruned_inputs,
+                                             dynamic_batch=args.dynamic_batch)
         bar.update()
     (out / "report.json").write_text(json.dumps(doc, indent=1))
     bar.close()

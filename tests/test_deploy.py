@@ -212,3 +212,20 @@ def test_iterative_input_pruning_saves_and_loads(tmp_path):
     loaded = fxprune.load(tmp_path / "p", mk)
     xin = gm.meta["fxprune"].report.models[-1][0]
     assert torch.equal(loaded(xin), gm(xin))
+
+
+def test_dynamic_batch_exports_run_on_other_batch_sizes(tmp_path):
+    pytest.importorskip("onnxruntime")
+    gm = fxprune.compress(_net(), torch.randn(1, 3, 12, 12), ratio=0.5)
+    x = torch.randn(1, 3, 12, 12)
+    assert export_onnx(gm, tmp_path / "d.onnx", x, dynamic_batch=True) <= 1e-4
+    assert export_pt2(gm, tmp_path / "d.pt2", x, dynamic_batch=True) <= 1e-6
+    program = torch.export.load(str(tmp_path / "d.pt2")).module()
+    y = torch.randn(5, 3, 12, 12)
+    with torch.no_grad():
+        assert torch.allclose(program(y), gm(y), atol=1e-6)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "d.onnx"))
+    out = session.run(None, {session.get_inputs()[0].name: y.numpy()})[0]
+    assert out.shape == (5, 5) and abs(out - gm(y).detach().numpy()).max() <= 1e-4

@@ -68,36 +68,73 @@ def _reference(module: torch.nn.Module, inputs: tuple) -> Any:
         module.train(was)
 
 
+def _batched(inputs: tuple, dynamic_batch: bool) -> tuple[tuple, Any, tuple]:
+    """(export inputs, dynamic_shapes, check inputs). A dynamic batch dim is exported from a
+    batch of 2 (torch.export specialises a size of 1) and checked on a batch of 3."""
+    if not dynamic_batch:
+        return inputs, None, inputs
+    sizes = {x.shape[0] for x in inputs if isinstance(x, torch.Tensor) and x.dim()}
+    if len(sizes) != 1:
+        raise ExportError("dynamic_batch needs every tensor input batched along dim 0 with "
+                          f"one size, got {sorted(sizes)}")
+    batch = torch.export.Dim("batch")
+
+    def grow(x: Any, n: int) -> Any:
+        if not isinstance(x, torch.Tensor) or not x.dim():
+            return x
+        return x[:1].expand(n, *x.shape[1:]).clone() if n != x.shape[0] else x
+
+    def varied(x: Any) -> Any:  # rows that differ, so a batch-mixing export shows
+        x = grow(x, 3)
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            return x
+        g = torch.Generator().manual_seed(0)
+        return x + 0.01 * torch.randn(x.shape, generator=g, dtype=x.dtype)
+
+    shapes = tuple({0: batch} if isinstance(x, torch.Tensor) and x.dim() else None
+                   for x in inputs)
+    return tuple(grow(x, 2) for x in inputs), shapes, tuple(varied(x) for x in inputs)
+
+
 def export_pt2(module: torch.nn.Module, path: str | Path,
-               example_inputs: Sequence[Any] | torch.Tensor) -> float:
+               example_inputs: Sequence[Any] | torch.Tensor, *,
+               dynamic_batch: bool = False) -> float:
     """``torch.export`` the module (eval mode) to ``path`` (.pt2); returns the max abs
-    difference of the reloaded program's output."""
-    inputs = _inputs(example_inputs)
+    difference of the reloaded program's output (on another batch size with
+    ``dynamic_batch``, which makes dim 0 of every tensor input dynamic)."""
+    inputs, shapes, check = _batched(_inputs(example_inputs), dynamic_batch)
     was = module.training
     module.eval()
     try:
-        program = torch.export.export(module, inputs)
+        program = torch.export.export(module, inputs, dynamic_shapes=shapes)
+    except Exception as exc:  # torch.export's constraint and tracing errors
+        raise ExportError(f"torch.export failed: {first_line(exc)}") from exc
     finally:
         module.train(was)
     torch.export.save(program, str(path))
     reloaded = torch.export.load(str(path)).module()
     with torch.no_grad():
-        return _max_diff(_reference(module, inputs), reloaded(*inputs))
+        return _max_diff(_reference(module, check), reloaded(*check))
 
 
 def export_onnx(module: torch.nn.Module, path: str | Path,
                 example_inputs: Sequence[Any] | torch.Tensor, *, check: bool = True,
-                atol: float = ONNX_ATOL, dynamo: bool = True) -> float | None:
+                atol: float = ONNX_ATOL, dynamo: bool = True,
+                dynamic_batch: bool = False) -> float | None:
     """Export to ONNX (``dynamo`` selects torch's exporter) and, with ``check``, run it with
-    onnxruntime on the example inputs; returns the max abs difference and raises
-    :class:`ExportError` above ``atol``."""
-    inputs = _inputs(example_inputs)
+    onnxruntime on the example inputs (another batch size with ``dynamic_batch``); returns
+    the max abs difference and raises :class:`ExportError` above ``atol``."""
+    inputs, shapes, check_inputs = _batched(_inputs(example_inputs), dynamic_batch)
     was = module.training
     module.eval()
     try:
-        kw = {"dynamo": dynamo}
+        kw: dict[str, Any] = {"dynamo": dynamo}
         if dynamo:
             kw["verbose"] = False
+            kw["dynamic_shapes"] = shapes
+        elif shapes is not None:
+            kw["dynamic_axes"] = {f"input_{i}": {0: "batch"} for i, s in enumerate(shapes) if s}
+            kw["input_names"] = [f"input_{i}" for i in range(len(inputs))]
         torch.onnx.export(module, inputs, str(path), **kw)
     except ImportError as exc:
         raise ExportError(f"ONNX export needs the onnx extras: pip install "
@@ -116,11 +153,11 @@ def export_onnx(module: torch.nn.Module, path: str | Path,
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         feeds = {i.name: x.detach().cpu().numpy()
-                 for i, x in zip(session.get_inputs(), inputs)}
+                 for i, x in zip(session.get_inputs(), check_inputs)}
         outputs = session.run(None, feeds)
     except Exception as exc:  # onnxruntime's own error types
         raise ExportError(f"onnxruntime cannot run {path}: {first_line(exc)}") from exc
-    diff = _max_diff(_reference(module, inputs), outputs)
+    diff = _max_diff(_reference(module, check_inputs), outputs)
     if diff > atol:
         raise ExportError(f"onnxruntime differs from PyTorch by {diff:.2e} (> {atol:g})")
     return diff
@@ -142,17 +179,20 @@ def check_compile(module: torch.nn.Module, example_inputs: Sequence[Any] | torch
 
 def export_all(module: torch.nn.Module, out_dir: str | Path,
                example_inputs: Sequence[Any] | torch.Tensor, *, onnx: bool = True,
-               pt2: bool = True, compile: bool = False) -> ExportCheck:
+               pt2: bool = True, compile: bool = False,
+               dynamic_batch: bool = False) -> ExportCheck:
     """The exports a deploy step wants, each checked; files go to ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = ExportCheck()
     if pt2:
         result.files["pt2"] = out / "model.pt2"
-        result.diffs["torch.export"] = export_pt2(module, result.files["pt2"], example_inputs)
+        result.diffs["torch.export"] = export_pt2(module, result.files["pt2"], example_inputs,
+                                                  dynamic_batch=dynamic_batch)
     if onnx:
         result.files["onnx"] = out / "model.onnx"
-        result.diffs["onnxruntime"] = export_onnx(module, result.files["onnx"], example_inputs)
+        result.diffs["onnxruntime"] = export_onnx(module, result.files["onnx"], example_inputs,
+                                                  dynamic_batch=dynamic_batch)
     if compile:
         result.diffs["torch.compile"] = check_compile(module, example_inputs)
     log.info("exports: %s", result)
