@@ -20,6 +20,7 @@ import torch.fx as fx
 
 from .errors import TraceError
 from .lower import lower, lower_shaped
+from .lower.transformer import TRACEABLE, traceable_forward
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,21 @@ class _Tracer(fx.Tracer):
             return True
         if qualname in self._leaf_names:
             return True
+        if type(m) in TRACEABLE:  # opened by call_module below unless it has masks
+            return False
         return super().is_leaf_module(m, qualname)
+
+    def call_module(self, m: torch.nn.Module, forward, args, kwargs):
+        if type(m) in TRACEABLE and not self.is_user_leaf(m):
+            replacement = traceable_forward(m, args, kwargs)
+            if replacement is None:  # masks given: an opaque call, channels kept
+                return self.create_proxy("call_module", self.path_of_module(m), args, kwargs)
+            forward = replacement
+        return super().call_module(m, forward, args, kwargs)
+
+    def is_user_leaf(self, m: torch.nn.Module) -> bool:
+        return bool(self._leaf_types and isinstance(m, self._leaf_types)) or \
+            self.path_of_module(m) in self._leaf_names
 
 
 def _spec(value: Any) -> Any:
