@@ -88,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--pt2", action="store_true", help="also write a torch.export model.pt2")
     c.add_argument("--dynamic-batch", action="store_true",
                    help="export with a dynamic batch dim (dim 0 of the input)")
+    c.add_argument("--fold-bn", action="store_true",
+                   help="fold BatchNorm into the preceding convs in the exports (checked)")
     c.add_argument("--no-verify", action="store_true", help="skip the exactness proof")
     c.add_argument("--out", required=True, metavar="DIR", help="output directory")
 
@@ -151,7 +153,7 @@ def _compress(args) -> int:
 
     import fxprune
 
-    from .deploy import export_onnx, export_pt2, save
+    from .deploy import export_onnx, export_pt2, fold_batchnorm, save
     from .deploy.spec import SpecError, load_calibration
 
     out = Path(args.out)
@@ -199,14 +201,17 @@ def _compress(args) -> int:
         log.warning("%s; kept_channels.png not written", exc)
     bar.update()
     pruned_inputs = report.models[-1]
+    exported = gm
+    if args.fold_bn and (args.onnx or args.pt2):
+        exported, doc["fold_bn_max_abs_diff"] = fold_batchnorm(gm, pruned_inputs)
     if args.onnx:
         stage("onnx")
-        doc["onnx_max_abs_diff"] = export_onnx(gm, out / "model.onnx", pruned_inputs,
+        doc["onnx_max_abs_diff"] = export_onnx(exported, out / "model.onnx", pruned_inputs,
                                                dynamic_batch=args.dynamic_batch)
         bar.update()
     if args.pt2:
         stage("pt2")
-        doc["pt2_max_abs_diff"] = export_pt2(gm, out / "model.pt2", pruned_inputs,
+        doc["pt2_max_abs_diff"] = export_pt2(exported, out / "model.pt2", pruned_inputs,
                                              dynamic_batch=args.dynamic_batch)
         bar.update()
     (out / "report.json").write_text(json.dumps(doc, indent=1))

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torchvision
 
 import fxprune
-from fxprune.deploy import ArtifactError, check_compile, export_onnx, export_pt2
+from fxprune.deploy import ArtifactError, check_compile, export_onnx, export_pt2, fold_batchnorm
 from fxprune.deploy.artifact import SAFETENSORS, TORCH
 
 
@@ -229,3 +229,20 @@ def test_dynamic_batch_exports_run_on_other_batch_sizes(tmp_path):
     session = ort.InferenceSession(str(tmp_path / "d.onnx"))
     out = session.run(None, {session.get_inputs()[0].name: y.numpy()})[0]
     assert out.shape == (5, 5) and abs(out - gm(y).detach().numpy()).max() <= 1e-4
+
+
+def test_fold_batchnorm_removes_bn_and_keeps_the_output():
+    gm = fxprune.compress(_net(), torch.randn(1, 3, 12, 12), ratio=0.5)
+    with torch.no_grad():  # non-trivial BN statistics, so a wrong fold would show
+        for m in gm.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+                m.weight.uniform_(0.5, 1.5)
+    x = torch.randn(2, 3, 12, 12)
+    folded, diff = fold_batchnorm(gm, x)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in gm.modules()) == 2  # original kept
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), gm(x), rtol=1e-5, atol=1e-6)
+    assert diff <= 1e-5

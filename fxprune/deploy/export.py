@@ -163,6 +163,34 @@ def export_onnx(module: torch.nn.Module, path: str | Path,
     return diff
 
 
+def fold_batchnorm(module: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor,
+                   *, rtol: float = 1e-5) -> tuple[torch.fx.GraphModule, float]:
+    """A copy with every eval-mode BatchNorm that directly follows a conv folded into the
+    conv's weights (torch.fx.experimental.optimization.fuse); BN is memory-bound, so on
+    thin pruned nets this is where latency stops following FLOPs. Returns the folded module
+    and the max abs difference on the example inputs, which must stay within ``rtol`` of the
+    output scale. For exports only: the artifact keeps the BN layers its plans describe."""
+    from torch.fx.experimental.optimization import fuse
+
+    inputs = _inputs(example_inputs)
+    reference = _reference(module, inputs)
+    was = module.training
+    module.eval()
+    try:
+        folded = fuse(module, inplace=False)
+    finally:
+        module.train(was)
+    folded.eval()
+    with torch.no_grad():
+        diff = _max_diff(reference, folded(*inputs))
+    scale = max((float(t.detach().abs().max()) for t in _flat(reference) if t.numel()),
+                default=0.0)
+    if diff > rtol * max(scale, 1e-12):
+        raise ExportError(f"folding BatchNorm changed the output by {diff:.2e} "
+                          f"(scale {scale:.2e})")
+    return folded, diff
+
+
 def check_compile(module: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor
                   ) -> float:
     """``torch.compile`` the module and return the max abs difference of its output."""
