@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 
 import torch
 import torchvision
 
 import fxprune
+from fxprune.demo import latency_ms
 from fxprune.report import count_flops
 
 VARIANTS = {
@@ -25,17 +25,6 @@ VARIANTS = {
     "`target_flops=0.5` (global threshold)": dict(target_flops=0.5),
     "`target_flops=0.5, round_to=8`": dict(target_flops=0.5, round_to=8),
 }
-
-
-def _latency(model: torch.nn.Module, x: torch.Tensor, reps: int) -> float:
-    with torch.no_grad():
-        model(x)
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -57,9 +46,9 @@ def main() -> None:
         pruned = {k: fxprune.compress(dense, x[:1], **kw) for k, kw in VARIANTS.items()}
         times: dict[str, list[float]] = {k: [] for k in ["dense", *pruned]}
         for _ in range(args.rounds):  # alternate, so load drifts hit every variant alike
-            times["dense"].append(_latency(dense, x, args.reps))
+            times["dense"].append(latency_ms(dense, x, args.reps))
             for k, gm in pruned.items():
-                times[k].append(_latency(gm, x, args.reps))
+                times[k].append(latency_ms(gm, x, args.reps))
         base = statistics.median(times["dense"])
         for k, gm in pruned.items():
             lat = statistics.median(times[k]) / base

@@ -21,7 +21,7 @@ from .passes import PruneChannels
 from .passes.compensate import METHODS
 from .passes.compensate import compensate as run_compensation
 from .passes.inputs import input_map, inputs_for
-from .report import CompressResult, Report, count_flops, count_params
+from .report import CompressResult, Report, count_cost, count_params
 from .select import Plan, select
 from .trace import trace
 from .verify import check, compare
@@ -210,14 +210,10 @@ def _measure(graph: ChannelGraph, kind: str, example_inputs: tuple):
     def cost(plan: Plan) -> float:
         removed = plan.removed_units(graph)
         gm = PruneChannels(graph, removed)(graph.traced.gm).graph_module
-        if kind == "params":
-            return float(count_params(gm))
-        return float(count_flops(gm, inputs_for(gm, graph, np.asarray(removed),
-                                                example_inputs)))
+        return count_cost(gm, inputs_for(gm, graph, np.asarray(removed), example_inputs),
+                          kind)
 
-    dense = (count_params(graph.traced.gm) if kind == "params"
-             else count_flops(graph.traced.gm, example_inputs))
-    return float(dense), cost
+    return count_cost(graph.traced.gm, example_inputs, kind), cost
 
 
 def _compensate(gm, graph, removed, data, method, ridge, max_batches):

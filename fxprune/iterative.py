@@ -10,12 +10,8 @@ import torch
 import torch.fx as fx
 
 from .budget import Budget, BudgetResult
-from .report import count_flops, count_params
+from .report import count_cost, count_params
 from .select import Plan
-
-
-def _cost(model: torch.nn.Module, inputs: tuple, kind: str) -> float:
-    return float(count_params(model) if kind == "params" else count_flops(model, inputs))
 
 
 def compress_in_steps(model: torch.nn.Module, example_inputs, *, steps: int,
@@ -37,14 +33,14 @@ def compress_in_steps(model: torch.nn.Module, example_inputs, *, steps: int,
     budget = Budget.from_kwargs(options.pop("target_flops"), options.pop("target_params"))
     keep = 1.0 - options.pop("ratio")
     if budget is not None:
-        dense = _cost(model, inputs, budget.kind)
+        dense = count_cost(model, inputs, budget.kind)
         final = budget.absolute(dense)
     history: list[Plan] = []
     current, step_inputs, notes = model, inputs, []
     for step in range(1, steps + 1):
         kw = dict(options)
         if budget is not None:
-            now = _cost(current, step_inputs, budget.kind)
+            now = count_cost(current, step_inputs, budget.kind)
             kw[f"target_{budget.kind}"] = min(now, now * (final / now) ** (1 / (steps - step + 1)))
         else:
             kw["ratio"] = 1.0 - keep ** (1.0 / steps)
@@ -65,7 +61,7 @@ def compress_in_steps(model: torch.nn.Module, example_inputs, *, steps: int,
     report.__dict__.pop("flops_after", None)
     if budget is not None:
         report.budget = BudgetResult(budget.kind, final, dense,
-                                     _cost(gm, step_inputs, budget.kind),
+                                     count_cost(gm, step_inputs, budget.kind),
                                      last.budget.ratio if last.budget else 0.0)
     meta.report, meta.history = report, history
     return gm

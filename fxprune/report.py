@@ -31,6 +31,13 @@ def count_flops(model: torch.nn.Module, example_inputs: tuple) -> int:
     return int(counter.get_total_flops())
 
 
+def count_cost(model: torch.nn.Module, example_inputs: tuple, kind: str) -> float:
+    """What a budget counts: ``kind`` "params" or "flops" (flop_counter's)."""
+    if kind == "params":
+        return float(count_params(model))
+    return float(count_flops(model, example_inputs))
+
+
 @dataclass
 class Report:
     params_before: int
