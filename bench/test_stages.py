@@ -12,9 +12,9 @@ import torch
 import torchvision
 
 import fxprune
-from fxprune.analyze.graph import build
 from fxprune.importance import get_importance
 from fxprune.passes import PruneChannels
+from fxprune.pipeline import build
 from fxprune.select import select
 from fxprune.verify import check
 

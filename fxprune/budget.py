@@ -11,6 +11,7 @@ CNNs land on the analytic solve.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,48 +19,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from .analyze.graph import ChannelGraph
-from .cost import BUDGETS, CostModel
+from .cost import CostModel
 from .errors import SelectionError
-from .select import Plan, select
+from .options import AttentionOptions, Budget, SelectOptions
+from .plan import Plan
+from .select import select
 
 log = logging.getLogger(__name__)
 TOLERANCE = 0.01  # relative: |achieved / target - 1|
 BISECTION_STEPS = 30
 MAX_RATIO = 0.999  # the selection knob's upper end: everything prunable goes
-
-
-@dataclass
-class Budget:
-    """``kind`` "flops" or "params"; ``value`` a fraction of the dense model (<= 1) or an
-    absolute count (> 1; FLOPs as flop_counter counts them, 2 per multiply-add, for the
-    example inputs)."""
-
-    kind: str
-    value: float
-
-    def __post_init__(self) -> None:
-        if self.kind not in BUDGETS:
-            raise ValueError(f"budget {self.kind!r}: use one of {BUDGETS}")
-        if not self.value > 0:
-            raise ValueError(f"target_{self.kind} must be > 0, got {self.value}")
-
-    def absolute(self, dense: float) -> float:
-        target = self.value * dense if self.value <= 1 else self.value
-        if target > dense:
-            raise ValueError(f"target_{self.kind}={self.value:g} is above the dense model's "
-                             f"{dense:,.0f}")
-        return target
-
-    @classmethod
-    def from_kwargs(cls, target_flops: float | None, target_params: float | None
-                    ) -> Budget | None:
-        if target_flops is not None and target_params is not None:
-            raise ValueError("give target_flops or target_params, not both")
-        if target_flops is not None:
-            return cls("flops", float(target_flops))
-        if target_params is not None:
-            return cls("params", float(target_params))
-        return None
 
 
 @dataclass
@@ -80,10 +49,15 @@ class BudgetResult:
 
 
 def solve(graph: ChannelGraph, scores: np.ndarray, budget: Budget, dense: float,
-          measure: Callable[[Plan], float], **select_kw) -> tuple[Plan, BudgetResult]:
+          measure: Callable[[Plan], float], options: SelectOptions = SelectOptions(),
+          attention: AttentionOptions = AttentionOptions()) -> tuple[Plan, BudgetResult]:
     """The plan whose pruned model meets ``budget``. ``dense`` is the measured cost of the
     unpruned model, ``measure(plan)`` that of the model a plan gives (params: a count;
-    FLOPs: flop_counter)."""
+    FLOPs: flop_counter). ``options.ratio`` is the knob that is bisected."""
+
+    def plan_at(ratio: float) -> Plan:
+        return select(graph, scores, dataclasses.replace(options, ratio=ratio), attention)
+
     target = budget.absolute(dense)
     model = CostModel(graph, budget=budget.kind)
     n = len(graph.labels)
@@ -92,7 +66,7 @@ def solve(graph: ChannelGraph, scores: np.ndarray, budget: Budget, dense: float,
     unmodelled = dense - analytic_dense  # held fixed; corrected below if it is not
 
     def analytic(ratio: float) -> tuple[Plan, float]:
-        plan = select(graph, scores, ratio=ratio, **select_kw)
+        plan = plan_at(ratio)
         keep = np.ones(n, dtype=bool)
         keep[plan.removed_units(graph)] = False
         return plan, scale * model(keep) + unmodelled
@@ -106,7 +80,7 @@ def solve(graph: ChannelGraph, scores: np.ndarray, budget: Budget, dense: float,
                  100 * (achieved / target - 1.0), budget.kind)
 
         def measured(ratio: float) -> tuple[Plan, float]:
-            plan = select(graph, scores, ratio=ratio, **select_kw)
+            plan = plan_at(ratio)
             return plan, measure(plan)
 
         ratio, plan = _bisect(measured, target, stop=TOLERANCE)

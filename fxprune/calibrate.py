@@ -17,12 +17,9 @@ import torch.fx as fx
 
 from .analyze.elements import axis_ids
 from .analyze.graph import ChannelGraph
+from .util import eval_mode
 
 log = logging.getLogger(__name__)
-
-# ops a tap may follow from a producer: they keep each channel a function of itself alone
-_CHANNELWISE = frozenset({"channel_norm", "elementwise", "broadcast"})
-_PRODUCERS = frozenset({"conv", "linear"})
 
 
 class Statistic(Protocol):
@@ -63,13 +60,14 @@ def tap_points(graph: ChannelGraph, where: str = "post_act") -> list[Tap]:
         raise ValueError(f"tap point {where!r}: use one of {', '.join(TAP_POINTS)}")
     taps: dict[tuple[str, int], Tap] = {}
     for node in graph.traced.gm.graph.nodes:
-        if graph.rules.get(node.name) not in _PRODUCERS:
+        rule = graph.rules.get(node.name)
+        if rule is None or rule.producer_dim is None:
             continue
         spec = graph.traced.values.get(node.name)
         if getattr(spec, "shape", None) is None or len(spec.shape) < 2:
             continue
-        dim = 1 if graph.rules[node.name] == "conv" else len(spec.shape) - 1
-        end = node if where == "producer" else _follow(graph, node)
+        dim = rule.producer_dim % len(spec.shape)
+        end = node if where == "producer" else follow(graph, node)
         tap = _tap_for(graph, end, node, dim)
         if tap is not None:
             taps.setdefault(tap.key, tap)
@@ -80,12 +78,15 @@ def tap_points(graph: ChannelGraph, where: str = "post_act") -> list[Tap]:
     return list(taps.values())
 
 
-def _follow(graph: ChannelGraph, node: fx.Node) -> fx.Node:
+def follow(graph: ChannelGraph, node: fx.Node) -> fx.Node:
+    """The last tensor reached from ``node`` through single-user, shape-keeping channel-wise
+    ops (norm, activation, residual add, SE scaling): where its channels are observed."""
     shape = graph.traced.values[node.name].shape
     while len(node.users) == 1:
         user = next(iter(node.users))
         spec = graph.traced.values.get(user.name)
-        if graph.rules.get(user.name) not in _CHANNELWISE or getattr(spec, "shape", None) != shape:
+        rule = graph.rules.get(user.name)
+        if rule is None or not rule.channelwise or getattr(spec, "shape", None) != shape:
             break
         node = user
     return node
@@ -164,17 +165,11 @@ def run_taps(graph: ChannelGraph, stats: dict[tuple[str, int], Statistic], data:
     gm = tapped_module(graph.traced.gm,
                        [(name, _TapModule(stat, dim)) for (name, dim), stat in stats.items()])
     n_inputs = n_inputs or len(graph.traced.example_inputs)
-    modes = {m: m.training for m in gm.modules()}
-    gm.eval()
     seen = 0
-    try:
-        with torch.no_grad():
-            for inputs, _ in batches(data, n_inputs, max_batches):
-                gm(*inputs)
-                seen += 1
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
+    with torch.no_grad(), eval_mode(gm):
+        for inputs, _ in batches(data, n_inputs, max_batches):
+            gm(*inputs)
+            seen += 1
     return seen
 
 

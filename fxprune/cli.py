@@ -12,7 +12,11 @@ from pathlib import Path
 
 import torch
 
+from .api import analyze
 from .errors import FxPruneError, first_line
+from .importance.base import Calibration
+from .options import Budget, CompensationOptions, CompressOptions, SelectOptions
+from .pipeline import run
 
 log = logging.getLogger("fxprune.cli")
 
@@ -123,15 +127,14 @@ def _recorded(spec: str) -> str:
 
 
 def _inspect(args) -> int:
-    import fxprune
-
     model, inputs = _model(args)
-    graph = fxprune.analyze(model, inputs)
+    graph = analyze(model, inputs)
     groups = [{"id": g.gid, "name": g.name, "units": g.size,
                "kind": "approximate" if g.approximate else "exact",
                "constraints": len(g.constraints), "members": list(g.members)}
               for g in graph.groups]
-    frozen = [{"node": n, "reason": r, "units": k} for n, r, k in graph.frozen_reasons]
+    frozen = [{"node": f.node, "reason": f.message, "units": f.units, "category": f.category}
+              for f in graph.frozen_reasons]
     if args.json:
         print(json.dumps({"groups": groups, "frozen": frozen}, indent=1))
         return 0
@@ -148,10 +151,19 @@ def _inspect(args) -> int:
     return 0
 
 
+def _options(args, calib) -> CompressOptions:
+    """The command line as the same option groups ``compress`` builds."""
+    return CompressOptions(
+        select=SelectOptions(ratio=0.5 if args.ratio is None else args.ratio,
+                             ignore=tuple(args.ignore), round_to=args.round_to),
+        budget=Budget.from_targets(args.target_flops, args.target_params),
+        calibration=Calibration(calib, args.max_batches),
+        compensation=CompensationOptions(args.compensate),
+        importance=args.importance, verify=not args.no_verify, steps=args.steps)
+
+
 def _compress(args) -> int:
     from tqdm.auto import tqdm
-
-    import fxprune
 
     from .deploy import export_onnx, export_pt2, fold_batchnorm, save
     from .deploy.spec import SpecError, load_calibration
@@ -177,13 +189,7 @@ def _compress(args) -> int:
                             f"{len(inputs)}: call fxprune.compress(calibration=...) from Python")
         calib = load_calibration(args.calib, tuple(inputs[0].shape), args.calib_batch)
     stage("compress")
-    kw = dict(importance=args.importance, ignore=args.ignore, round_to=args.round_to,
-              calibration=calib, max_batches=args.max_batches, compensate=args.compensate,
-              verify=not args.no_verify, steps=args.steps, target_flops=args.target_flops,
-              target_params=args.target_params)
-    if args.ratio is not None or (args.target_flops is None and args.target_params is None):
-        kw["ratio"] = 0.5 if args.ratio is None else args.ratio
-    gm = fxprune.compress(model, inputs, **kw)
+    gm = run(model, inputs, _options(args, calib))
     bar.update()
     stage("save")
     meta = gm.meta["fxprune"]
@@ -200,7 +206,7 @@ def _compress(args) -> int:
     except ImportError as exc:
         log.warning("%s; kept_channels.png not written", exc)
     bar.update()
-    pruned_inputs = report.models[-1]
+    pruned_inputs = report.models.pruned_inputs
     exported = gm
     if args.fold_bn and (args.onnx or args.pt2):
         exported, doc["fold_bn_max_abs_diff"] = fold_batchnorm(gm, pruned_inputs)

@@ -71,12 +71,16 @@ class CostModel:
         return float((self.weight * np.exp(logs)).sum()) + self.other
 
 
-def _flop_weights(graph) -> dict[str, float]:
-    out = {}
+def _flop_weights(graph: ChannelGraph) -> dict[str, float]:
+    """Per producer weight: output positions per output channel, summed over its calls (a
+    conv's N*H*W, a linear's tokens), so weight elements x this = multiply-adds."""
+    out: dict[str, float] = {}
     for node in graph.traced.gm.graph.nodes:
-        if graph.rules.get(node.name) not in ("conv", "linear") or node.op != "call_module":
+        rule = graph.rules.get(node.name)
+        weight = rule.weight_of(node) if rule is not None else None
+        spec = graph.traced.values.get(node.name)
+        if weight is None or getattr(spec, "shape", None) is None or not spec.shape:
             continue
-        shape = graph.traced.values[node.name].shape
-        ch = shape[1] if graph.rules[node.name] == "conv" else shape[-1]
-        out[f"{node.target}.weight"] = float(np.prod(shape[1:])) / max(ch, 1)
+        ch = spec.shape[rule.producer_dim % len(spec.shape)]
+        out[weight] = out.get(weight, 0.0) + float(np.prod(spec.shape)) / max(ch, 1)
     return out

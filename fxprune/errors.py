@@ -15,8 +15,8 @@ class TraceError(FxPruneError):
         self.node = node
 
 
-class AnalysisError(FxPruneError):
-    """The channel graph could not be built (an internal inconsistency, never a guess)."""
+class OptionError(FxPruneError, ValueError):
+    """An option of ``compress`` (or the CLI) is out of range or contradicts another."""
 
 
 class SelectionError(FxPruneError):

@@ -1,60 +1,36 @@
 """Scores -> Plan: which units go, per group ratio or global ranking, honouring min channels,
-round_to, ignored modules and equal-count constraints. The Plan is plain JSON data."""
+round_to, ignored modules and equal-count constraints."""
 
 from __future__ import annotations
 
 import fnmatch
-import json
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch.nn as nn
 
-from .analyze.elements import unique
-from .analyze.graph import ChannelGraph, Group
-from .errors import SelectionError
+from .analyze.elements import Axis, axis_ids, unique
+from .analyze.graph import ChannelGraph, Group, parse_slice
+from .options import AttentionOptions, SelectOptions
+from .plan import Plan
+
+__all__ = ["Plan", "select"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Plan:
-    """Removed positions along each group's leader slice (``"param[dim]"``). Replayable on a
-    fresh instance of the same model because the analysis is deterministic."""
-
-    removed: dict[str, list[int]] = field(default_factory=dict)
-    groups: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> before/after
-    notes: list[str] = field(default_factory=list)
-    inputs: dict[str, list[int]] = field(default_factory=dict)  # input -> kept feature indices
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
-
-    @classmethod
-    def from_json(cls, text: str) -> Plan:
-        return cls(**json.loads(text))
-
-    def removed_units(self, graph: ChannelGraph) -> np.ndarray:
-        out = []
-        for key, positions in self.removed.items():
-            qual, dim = key[:-1].rsplit("[", 1)
-            info = graph.params.get(qual)
-            if info is None:
-                raise SelectionError(f"plan names {qual!r}, which the model does not have")
-            out.append(graph.labels[info.axes[int(dim)].comp.ids[np.asarray(positions, int)]])
-        return unique(np.concatenate(out)) if out else np.zeros(0, dtype=np.int64)
-
-
 def _module_of(member: str) -> str:
-    return member.rsplit("[", 1)[0].rsplit(".", 1)[0]
+    return parse_slice(member)[0].rsplit(".", 1)[0]
+
+
+def _is_producer(graph: ChannelGraph, member: str) -> bool:
+    qual, dim = parse_slice(member)
+    return graph.params[qual].roles.get(dim) == "out"
 
 
 def _ignored(group: Group, graph: ChannelGraph, ignore: Iterable) -> bool:
-    producers = [_module_of(m) for m in group.members
-                 if graph.params[m.rsplit("[", 1)[0]].roles.get(int(m[:-1].rsplit("[", 1)[1]))
-                 == "out"]
+    producers = [_module_of(m) for m in group.members if _is_producer(graph, m)]
     modules = graph.ctx.modules
     for name in producers:
         mod = modules.get(name)
@@ -82,27 +58,16 @@ def _keep_count(n: int, keep: int, min_channels: int, round_to: int) -> int:
     return min(keep, n)
 
 
-def select(
-    graph: ChannelGraph,
-    scores: np.ndarray,
-    *,
-    ratio: float = 0.5,
-    ratios: Mapping[str, float] | None = None,
-    global_ranking: bool = False,
-    ignore: Iterable = (),
-    min_channels: int = 1,
-    round_to: int = 1,
-    exact_only: bool = False,
-    prune_heads: bool = True,
-    prune_head_dims: bool = True,
-    threshold: float | None = None,
-) -> Plan:
-    """``threshold`` (instead of ratios): remove every unit scoring below it, e.g. the units a
-    group lasso drove to zero (the group constraints still apply)."""
-    if not 0.0 <= ratio < 1.0:
-        raise SelectionError(f"ratio must be in [0, 1), got {ratio}")
-    ratios = dict(ratios or {})
-    ignore = list(ignore)
+def select(graph: ChannelGraph, scores: np.ndarray, options: SelectOptions = SelectOptions(),
+           attention: AttentionOptions = AttentionOptions()) -> Plan:
+    """The plan that removes each group's lowest-scoring units. ``options.threshold``
+    (instead of ratios) removes every unit scoring below it, e.g. the units a group lasso
+    drove to zero (the group constraints still apply). ``options.plan`` is not read here."""
+    ratio, ratios, ignore = options.ratio, options.ratios, list(options.ignore)
+    exact_only, threshold = options.exact_only, options.threshold
+    prune_heads, prune_head_dims = attention.prune_heads, attention.prune_head_dims
+    min_channels, round_to = options.min_channels, options.round_to
+    global_ranking = bool(options.global_ranking)
     active = [g for g in graph.groups if not (ignore and _ignored(g, graph, ignore))
               and not (exact_only and g.approximate)]
     # attention heads: split the ratio between whole heads and head dims when both are pruned
@@ -175,8 +140,6 @@ def _keep_nonempty(graph: ChannelGraph, removed: np.ndarray, scores: np.ndarray,
 
 
 def _tensor_dims(graph: ChannelGraph):
-    from .analyze.elements import Axis, axis_ids
-
     for val in graph.ctx.axes.values():
         stack = [val]
         while stack:
@@ -271,7 +234,7 @@ def _to_plan(graph: ChannelGraph, removed_units: np.ndarray, summary, notes) -> 
     for g in graph.groups:
         if not dead[g.units].any():
             continue
-        qual, dim = g.name[:-1].rsplit("[", 1)
-        ids = graph.params[qual].axes[int(dim)].comp.ids
+        qual, dim = parse_slice(g.name)
+        ids = graph.params[qual].axes[dim].comp.ids
         plan.removed[g.name] = np.flatnonzero(dead[graph.labels[ids]]).tolist()
     return plan

@@ -13,7 +13,11 @@ import torch
 import torch.fx as fx
 
 from .analyze.graph import ChannelGraph
-from .errors import VerificationError
+from .errors import OptionError, VerificationError
+from .passes.compensate import restore
+from .passes.inputs import inputs_for
+from .passes.prune import PruneChannels
+from .util import as_inputs, flat_tensors
 
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
 
@@ -119,16 +123,6 @@ def _comp_mask(keep: np.ndarray, axes, c, rank: int) -> torch.Tensor:
     return torch.as_tensor(full, dtype=torch.float32).reshape(shape)
 
 
-def _flatten(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        return [t for v in out.values() for t in _flatten(v)]
-    if isinstance(out, (list, tuple)):
-        return [t for v in out for t in _flatten(v)]
-    return []
-
-
 def _cast(x: Any, dtype: torch.dtype) -> Any:
     if isinstance(x, torch.Tensor) and x.is_floating_point():
         return x.to(dtype)
@@ -146,7 +140,7 @@ def compare(reference: torch.nn.Module, pruned: torch.nn.Module, example_inputs:
     inputs = _cast(tuple(example_inputs), dtype)
     new_inputs = inputs if pruned_inputs is None else _cast(tuple(pruned_inputs), dtype)
     with torch.no_grad():
-        a, b = _flatten(ref(*inputs)), _flatten(new(*new_inputs))
+        a, b = flat_tensors(ref(*inputs)), flat_tensors(new(*new_inputs))
     if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
         return VerifyResult(False, float("inf"), 1.0, tol, str(dtype))
     err = max((float((x - y).abs().max()) for x, y in zip(a, b) if x.numel()), default=0.0)
@@ -156,8 +150,6 @@ def compare(reference: torch.nn.Module, pruned: torch.nn.Module, example_inputs:
 
 
 def _against_masked(graph, removed, pruned, example_inputs, dtype, tol) -> VerifyResult:
-    from .passes.inputs import inputs_for
-
     masked = masked_original(graph, removed, dtype)
     return compare(masked, pruned, example_inputs, dtype, tol, copy_reference=False,
                    pruned_inputs=inputs_for(pruned, graph, removed, tuple(example_inputs)))
@@ -175,8 +167,6 @@ def check(graph: ChannelGraph, removed: np.ndarray, pruned: fx.GraphModule,
     approx = graph.approximate_units(removed)
     if approx.size == 0:
         return _against_masked(graph, removed, pruned, example_inputs, dtype, tol), None
-    from .passes import PruneChannels
-
     exact_removed = np.setdiff1d(removed, approx)
     exact_gm = PruneChannels(graph, exact_removed, check=False)(graph.traced.gm).graph_module
     exact = _against_masked(graph, exact_removed, exact_gm, example_inputs, dtype, tol)
@@ -195,25 +185,18 @@ def verify(pruned: fx.GraphModule, example_inputs: Any = None, *,
     """
     meta = pruned.meta.get("fxprune")
     if meta is None:
-        raise ValueError("verify needs a module returned by fxprune.compress")
+        raise OptionError("verify needs a module returned by fxprune.compress")
     graph, removed = meta.graph, meta.removed_units
-    inputs = graph.traced.example_inputs if example_inputs is None else example_inputs
-    if isinstance(inputs, torch.Tensor):
-        inputs = (inputs,)
-    inputs = tuple(inputs)
+    inputs = as_inputs(graph.traced.example_inputs if example_inputs is None else example_inputs)
     uncompensated = meta.extra.get("uncompensated")
     target = pruned
     if uncompensated:  # prove the rewrite on the model as it was before compensation
-        from .passes.compensate import restore
-
         target = clone_as(pruned)
         restore(target, uncompensated)
     result, deviation = check(graph, removed, target, inputs, dtype, tol)
     if deviation is not None:
         result.approx_deviation = deviation.max_abs_err / deviation.scale
     if uncompensated:
-        from .passes.inputs import inputs_for
-
         dev = compare(graph.traced.gm, pruned, inputs, dtype, tol,
                       pruned_inputs=inputs_for(pruned, graph, removed, inputs))
         result.compensation_deviation = dev.max_abs_err / dev.scale

@@ -8,6 +8,7 @@ import torchvision
 
 import fxprune
 from fxprune.cost import CostModel
+from fxprune.options import SelectOptions
 from fxprune.report import count_flops, count_params
 from fxprune.select import select
 
@@ -36,7 +37,8 @@ def test_analytic_flops_equal_the_flop_counter_on_convnets():
     cost = CostModel(graph, budget="flops")
     n = len(graph.labels)
     assert 2 * cost(np.ones(n, dtype=bool)) == pytest.approx(count_flops(model, (x,)), rel=1e-12)
-    plan = select(graph, fxprune.importance.get_importance("l1").scores(graph), ratio=0.4)
+    plan = select(graph, fxprune.importance.get_importance("l1").scores(graph),
+                  SelectOptions(ratio=0.4))
     keep = np.ones(n, dtype=bool)
     keep[plan.removed_units(graph)] = False
     gm = fxprune.compress(model, x, plan=plan)

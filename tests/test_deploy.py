@@ -210,7 +210,7 @@ def test_iterative_input_pruning_saves_and_loads(tmp_path):
     assert json.loads((tmp_path / "p" / "fxprune.json").read_text())["inputs"][0]["shape"] \
         == [4, 6]  # the original inputs, not the last step's pruned ones
     loaded = fxprune.load(tmp_path / "p", mk)
-    xin = gm.meta["fxprune"].report.models[-1][0]
+    xin = gm.meta["fxprune"].report.models.pruned_inputs[0]
     assert torch.equal(loaded(xin), gm(xin))
 
 

@@ -372,5 +372,5 @@ def test_size_shuffle_with_one_channel_per_group_falls_back_to_keeping():
     # view(n, g, c // g, h, w) with c == g: the size arithmetic cannot follow a pruned c, so
     # the rewrite keeps the shuffle's channels and says so in the report.
     gm = _compress_exact([("conv", 0, 4), ("shuffle_size", 1, 4)], "pool", 0.5, "l2", 0)
-    frozen = " ".join(r for _, r, _ in gm.meta["fxprune"].report.frozen)
+    frozen = " ".join(f.message for f in gm.meta["fxprune"].report.frozen)
     assert "rewrite could not keep this node consistent" in frozen

@@ -236,7 +236,7 @@ def test_channel_mean_max_frozen_and_reported():
     gm = prune_and_check(CBAM(), torch.randn(2, 3, 5, 5))
     assert gm.a.out_channels == 8  # read by a channel mean: frozen
     assert gm.b.out_channels == 2  # the rest still prunes
-    reasons = " ".join(r for _, r, _ in report(gm).frozen)
+    reasons = " ".join(f.message for f in report(gm).frozen)
     assert "reduced over by mean" in reasons and "amax" in reasons
 
 
@@ -315,7 +315,7 @@ def test_unknown_op_freezes_never_guesses():
     gm = prune_and_check(WithOpaque(), torch.randn(2, 3, 4, 4), leaf_modules=[Opaque])
     assert gm.a.out_channels == 8 and gm.b.in_channels == 8  # flip is not elementwise
     assert gm.b.out_channels == 4
-    assert any("no channel rule for Opaque" in r for _, r, _ in report(gm).frozen)
+    assert any("no channel rule for Opaque" in f.message for f in report(gm).frozen)
 
 
 def test_stochastic_depth_dropout_identity_rules():
@@ -480,3 +480,36 @@ def test_functional_group_norm_and_prelu():
     gm = prune_and_check(Net(), torch.randn(2, 3, 4, 4))
     gn = next(n for n in gm.graph.nodes if n.target is F.group_norm)
     assert gn.args[1] == 2 and gm.gw.shape == (4,) and gm.pw.shape == (4,)
+
+
+class PixelShuffleNet(nn.Module):
+    """conv -> pixel_shuffle(2) -> conv; and conv -> pixel_unshuffle(2) -> conv."""
+
+    def __init__(self, inverse: bool):
+        super().__init__()
+        self.inverse = inverse
+        self.a = nn.Conv2d(3, 4 if inverse else 16, 3, padding=1)
+        self.b = nn.Conv2d(16 if inverse else 4, 5, 1)
+
+    def forward(self, x):
+        y = F.relu(self.a(x))
+        y = F.pixel_unshuffle(y, 2) if self.inverse else F.pixel_shuffle(y, 2)
+        return self.b(y)
+
+
+def test_pixel_shuffle_removes_an_output_channel_with_its_r2_inputs():
+    gm = prune_and_check(PixelShuffleNet(False), torch.randn(2, 3, 6, 6), ratio=0.5)
+    assert (gm.a.out_channels, gm.b.in_channels) == (8, 2)  # 4 units of r^2 = 4 channels
+    kept = np.setdiff1d(np.arange(16), gm.meta["fxprune"].plan.removed["a.weight[0]"])
+    assert (kept.reshape(-1, 4) == kept.reshape(-1, 4)[:, :1] + np.arange(4)).all()
+
+
+def test_pixel_unshuffle_removes_an_input_channel_with_its_r2_outputs():
+    gm = prune_and_check(PixelShuffleNet(True), torch.randn(2, 3, 6, 6), ratio=0.5)
+    assert (gm.a.out_channels, gm.b.in_channels) == (2, 8)
+
+
+def test_pixel_shuffle_module_form():
+    m = nn.Sequential(nn.Conv2d(3, 16, 1), nn.PixelShuffle(2), nn.Conv2d(4, 2, 1))
+    gm = prune_and_check(m, torch.randn(1, 3, 4, 4), ratio=0.5)
+    assert gm.get_submodule("0").out_channels == 8

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from ..trace import TensorSpec, Traced
-from .elements import Axis, Comp, ElementSpace, axis_ids, plain_axis
+from ..frontends.base import TensorSpec, Traced
+from .elements import Axis, Category, Comp, ElementSpace, axis_ids, plain_axis
 
 Axes = list[Axis]
 
@@ -59,27 +59,13 @@ class EqualCount:
     node: str
 
 
-class AnalysisContext:
-    def __init__(self, traced: Traced):
-        self.traced = traced
-        self.gm = traced.gm
-        self.values = traced.values
-        self.space = ElementSpace()
-        self.modules = dict(self.gm.named_modules())
-        self.prune_inputs = False  # the inputs' feature axis may shrink (passes/inputs.py)
-        self.axes: dict[str, Any] = {}
-        self.params: dict[str, ParamInfo] = {}
-        self.consumers: list[Consumer] = []
-        self.node_consumers: list[NodeConsumer] = []
-        self.block_ties: list[tuple[Axis, Axis]] = []  # head dims that must drop together
-        self.approx: list[tuple[np.ndarray, str, str]] = []  # ids, reason, node
-        self.constraints: list[EqualCount] = []
-        self.node: fx.Node | None = None
-        self.rule_of: dict[str, Any] = {}
-        self._subcomps: dict[tuple[int, int, int], Comp] = {}
-        self.sizes: dict[str, Any] = {}  # size-valued node -> the Axis (or list) it measures
+class NodeView:
+    """Reading a node's recorded values and the model's modules: what both the analysis and
+    the rewrite context offer a rule's helpers."""
 
-    # ---- values -----------------------------------------------------------------------
+    values: dict[str, Any]
+    modules: dict[str, torch.nn.Module]
+
     def value(self, arg: Any) -> Any:
         if isinstance(arg, fx.Node):
             return self.values.get(arg.name)
@@ -89,12 +75,33 @@ class AnalysisContext:
         return isinstance(self.value(arg), TensorSpec)
 
     def shape(self, arg: Any) -> tuple[int, ...]:
+        """The example shape of a tensor argument (the original, unpruned one)."""
         v = self.value(arg)
         if isinstance(v, TensorSpec):
             return v.shape
         if isinstance(v, torch.Tensor):
             return tuple(v.shape)
         return ()
+
+
+class AnalysisContext(NodeView):
+    def __init__(self, traced: Traced, prune_inputs: bool = False):
+        self.traced = traced
+        self.gm = traced.gm
+        self.values = traced.values
+        self.space = ElementSpace()
+        self.modules = traced.modules
+        self.prune_inputs = prune_inputs  # the inputs' feature axis may shrink (passes/inputs)
+        self.axes: dict[str, Any] = {}
+        self.params: dict[str, ParamInfo] = {}
+        self.consumers: list[Consumer] = []
+        self.node_consumers: list[NodeConsumer] = []
+        self.block_ties: list[tuple[Axis, Axis]] = []  # head dims that must drop together
+        self.approx: list[tuple[np.ndarray, str, str]] = []  # ids, reason, node
+        self.constraints: list[EqualCount] = []
+        self.node: fx.Node | None = None
+        self._subcomps: dict[tuple[int, int, int], Comp] = {}
+        self.sizes: dict[str, Any] = {}  # size-valued node -> the Axis (or list) it measures
 
     def out_shape(self) -> tuple[int, ...]:
         return self.shape(self.node)
@@ -108,11 +115,13 @@ class AnalysisContext:
         return self.fresh(self.shape(arg), frozen="constant tensor")
 
     # ---- making axes ------------------------------------------------------------------
-    def fresh(self, shape: tuple[int, ...], frozen: str | None = None) -> Axes:
+    def fresh(self, shape: tuple[int, ...], frozen: str | None = None,
+              category: str = Category.OP) -> Axes:
+        """New axes; ``frozen`` (a reason) keeps them whole."""
         out = [plain_axis(self.space.alloc(n)) for n in shape]
         if frozen:
             for ax in out:
-                self.freeze(ax, frozen)
+                self.freeze(ax, frozen, category)
         return out
 
     def param(self, qualname: str) -> ParamInfo:
@@ -123,17 +132,6 @@ class AnalysisContext:
             info = ParamInfo(qualname, shape, [plain_axis(self.space.alloc(n)) for n in shape])
             self.params[qualname] = info
         return info
-
-    def module_params(self, target: str) -> dict[str, ParamInfo]:
-        """Params and buffers of a called module, by local name (None entries skipped)."""
-        mod = self.modules[target]
-        out = {}
-        for local, t in list(mod.named_parameters(recurse=False)) + list(
-            mod.named_buffers(recurse=False)
-        ):
-            if t is not None and t.dim() > 0:
-                out[local] = self.param(f"{target}.{local}" if target else local)
-        return out
 
     # ---- verbs ------------------------------------------------------------------------
     def ids(self, ax: Axis, keep_order: bool = False) -> np.ndarray:
@@ -196,21 +194,21 @@ class AnalysisContext:
     def tie_ids(self, a: np.ndarray, b: np.ndarray) -> None:
         self.space.tie(a, b)
 
-    def freeze(self, ax: Axis | np.ndarray, reason: str) -> None:
+    def freeze(self, ax: Axis | np.ndarray, reason: str, category: str = Category.OP) -> None:
         if isinstance(ax, Axis) and not ax.full:  # a factor keeps its size; no carrier chosen
             ax.comp.fixed.update(ax.ldims)
             return
         ids = self.ids(ax) if isinstance(ax, Axis) else ax
-        self.space.freeze(ids, reason, self._where())
+        self.space.freeze(ids, reason, self._where(), category)
 
-    def freeze_all(self, reason: str) -> None:
+    def freeze_all(self, reason: str, category: str = Category.UNSUPPORTED) -> None:
         """An op fxprune does not understand: every axis it touches keeps all its elements."""
         for arg in _flat_args(self.node):
             if self.is_tensor(arg):
                 for ax in self.axes_of(arg):
-                    self.freeze(ax, reason)
+                    self.freeze(ax, reason, category)
         for ax in _flat_axes(self.axes.get(self.node.name)):
-            self.freeze(ax, reason)
+            self.freeze(ax, reason, category)
 
     def equal_count(self, blocks: np.ndarray, reason: str) -> None:
         if blocks.shape[0] > 1 and blocks.shape[1] > 0:
@@ -259,4 +257,4 @@ def _flat_axes(val: Any) -> list[Axis]:
 
 
 __all__ = ["AnalysisContext", "Axes", "Comp", "Consumer", "EqualCount", "NodeConsumer",
-           "ParamInfo"]
+           "NodeView", "ParamInfo"]

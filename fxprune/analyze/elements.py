@@ -64,11 +64,25 @@ def plain_axis(ids: np.ndarray) -> Axis:
     return Axis(Comp(np.asarray(ids).reshape(-1)), (0,))
 
 
+class Category:
+    """Why elements are frozen, in kinds a report can filter on (``QUIET`` ones are dims that
+    are never channels, or the model's inputs: not worth a line in the report)."""
+
+    INPUT = "input"  # a graph input's dims (the pruned model takes the same inputs)
+    OUTPUT = "output"  # a graph output's dims
+    LAYOUT = "layout"  # spatial, kernel, reduced or new dims: not channels
+    OP = "op"  # what an op's rule cannot shrink (depthwise weight dim, softmax dim, ...)
+    UNSUPPORTED = "unsupported"  # no rule, a rule that failed, a computed weight
+    REWRITE = "rewrite"  # the rewrite could not keep the node consistent
+    QUIET = frozenset({INPUT, LAYOUT})
+
+
 @dataclass
 class Frozen:
     ids: np.ndarray
     reason: str
     node: str
+    category: str = Category.OP
 
 
 @dataclass
@@ -105,10 +119,11 @@ class ElementSpace:
         if flat.size > 1:
             self.tie(flat[:1], flat[1:])
 
-    def freeze(self, ids: np.ndarray, reason: str, node: str) -> None:
+    def freeze(self, ids: np.ndarray, reason: str, node: str,
+               category: str = Category.OP) -> None:
         ids = np.asarray(ids).reshape(-1)
         if ids.size:
-            self.frozen.append(Frozen(ids, reason, node))
+            self.frozen.append(Frozen(ids, reason, node, category))
 
     def collapse(self, comp: Comp, carrier: int) -> None:
         """Make ``comp`` product-shaped: only ``carrier`` may shrink, same positions everywhere."""

@@ -1,19 +1,60 @@
 """The channel graph: units (what must go together), groups (what a ratio applies to),
-equal-count constraints, and the frozen set with its reasons."""
+equal-count constraints, and the frozen set with its reasons. ``solve`` turns an analysis
+context whose rules have all run into a graph; applying the rules is the pipeline's
+``analyze`` stage (``fxprune/pipeline/build.py``), so this package never imports a rule."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+import torch.fx as fx
 
-from ..ops.table import rule_for
-from ..trace import Traced
+from ..frontends.base import Traced
 from .context import AnalysisContext, EqualCount, ParamInfo
-from .elements import Comp, unique
+from .elements import Category, Comp, unique
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from .rewrite import RewriteContext
+
+
+def slice_key(qualname: str, dim: int) -> str:
+    """The name of one parameter dim, ``"layer.weight[0]"``: group members and plan keys."""
+    return f"{qualname}[{dim}]"
+
+
+def parse_slice(key: str) -> tuple[str, int]:
+    """``"layer.weight[0]"`` -> ``("layer.weight", 0)``."""
+    qual, dim = key[:-1].rsplit("[", 1)
+    return qual, int(dim)
+
+
+class NodeRule(Protocol):
+    """What the stages after the analysis need of an op's rule (see ``ops/base.py``)."""
+
+    name: str
+    channelwise: bool
+    producer_dim: int | None
+    refits: bool
+    fallback: bool
+
+    def rewrite(self, rctx: RewriteContext, node: fx.Node) -> None: ...
+
+    def weight_of(self, node: fx.Node) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class FrozenReason:
+    """Units kept whole by one node for one reason."""
+
+    node: str
+    category: str  # an ``elements.Category``
+    message: str
+    units: int
+
+    def __str__(self) -> str:
+        return f"{self.node or '-'}: {self.message} ({self.units} units)"
 
 
 @dataclass
@@ -52,10 +93,9 @@ class HeadFamily:
 class ChannelGraph:
     ctx: AnalysisContext
     labels: np.ndarray  # element id -> unit label
-    frozen_units: np.ndarray  # bool per element id (indexed by label)
-    frozen_reasons: list[tuple[str, str, int]]  # (node, reason, number of units)
+    frozen_reasons: list[FrozenReason]
     groups: list[Group]
-    rules: dict[str, str]
+    rules: dict[str, NodeRule]  # node name -> the rule that analysed it (Unknown on failure)
     approx_units: np.ndarray  # bool per unit label
     heads: list[HeadFamily] = field(default_factory=list)
 
@@ -69,9 +109,6 @@ class ChannelGraph:
     @property
     def params(self) -> dict[str, ParamInfo]:
         return self.ctx.params
-
-    def unit_ids(self, ids: np.ndarray) -> np.ndarray:
-        return self.labels[ids]
 
     def keep_mask(self, removed_units: np.ndarray) -> np.ndarray:
         """Boolean per element id: kept unless its unit is removed."""
@@ -89,57 +126,24 @@ class ChannelGraph:
             lines.append(f"  [{g.gid}] {g.name}: {g.size} units{extra}; members: {shown}")
         if self.frozen_reasons:
             lines.append("Frozen (kept whole):")
-            for node, reason, n in self.frozen_reasons:
-                lines.append(f"  {node or '-'}: {reason} ({n} units)")
+            lines.extend(f"  {r}" for r in self.frozen_reasons)
         return "\n".join(lines)
 
 
-def build(traced: Traced, freeze_nodes: frozenset[str] = frozenset(),
-          prune_inputs: bool = False) -> ChannelGraph:
-    """Apply every node's rule; ``freeze_nodes`` keep all their channels (rewrite fallback);
-    ``prune_inputs`` leaves the inputs' feature axis prunable."""
-    ctx = AnalysisContext(traced)
-    ctx.prune_inputs = prune_inputs
-    rules: dict[str, str] = {}
-    for node in traced.gm.graph.nodes:
-        ctx.node = node
-        rule = rule_for(node, ctx.modules)
-        try:
-            rule.analyze(ctx, node)
-        except Exception as exc:  # noqa: BLE001 - a rule that cannot cope freezes, never guesses
-            log.debug("rule %s failed on %s: %s", rule.name, node.name, exc)
-            from ..ops.base import Unknown
-
-            ctx.axes.pop(node.name, None)
-            Unknown().analyze(ctx, node)
-            rule = Unknown()
-        if node.name in freeze_nodes:
-            ctx.freeze_all("the rewrite could not keep this node consistent")
-        rules[node.name] = rule.name
+def solve(ctx: AnalysisContext, rules: dict[str, NodeRule]) -> ChannelGraph:
+    """Units, groups, head families and the frozen set of an analysed context."""
     for info in ctx.params.values():
         for dim, ax in enumerate(info.axes):
             if dim not in info.roles:  # kernel dims and dims no op reads as channels
-                ctx.space.freeze(ax.comp.ids, "parameter dim that no rule slices", info.qualname)
+                ctx.space.freeze(ax.comp.ids, "parameter dim that no rule slices", info.qualname,
+                                 Category.LAYOUT)
     space = ctx.space
     space.settle()
     labels = space.solve()
     n = space.n
     frozen = np.zeros(n, dtype=bool)
-    reasons: dict[tuple[str, str], int] = {}
-    quiet = ("graph input", "parameter dim that no rule slices", "reduced dim", "new dim")
     if space.frozen:
         frozen[labels[np.concatenate([fr.ids for fr in space.frozen])]] = True
-    shown = [fr for fr in space.frozen
-             if fr.reason not in quiet and not fr.reason.startswith("spatial")]
-    if shown:  # distinct units per (node, reason), with one sort
-        keys = {}
-        code = np.concatenate([np.full(fr.ids.size, keys.setdefault((fr.node, fr.reason),
-                                                                    len(keys)))
-                               for fr in shown])
-        lab = np.concatenate([labels[fr.ids] for fr in shown])
-        pair = unique(lab * len(keys) + code)
-        counts = np.bincount(pair % len(keys), minlength=len(keys))
-        reasons = {k: int(counts[i]) for k, i in keys.items()}
     approx = np.zeros(n, dtype=bool)
     for ids, _, _ in ctx.approx:
         approx[labels[ids]] = True
@@ -147,8 +151,22 @@ def build(traced: Traced, freeze_nodes: frozenset[str] = frozenset(),
     groups = _group(ctx, labels, frozen, constraints)
     for g in groups:
         g.approximate = bool(approx[g.units].any())
-    return ChannelGraph(ctx, labels, frozen, [(a, b, c) for (a, b), c in reasons.items()],
-                        groups, rules, approx, _head_families(ctx, frozen[labels]))
+    return ChannelGraph(ctx, labels, _reasons(space.frozen, labels), groups, rules, approx,
+                        _head_families(ctx, frozen[labels]))
+
+
+def _reasons(frozen: list, labels: np.ndarray) -> list[FrozenReason]:
+    """Distinct units per (node, reason), with one sort; quiet categories are left out."""
+    shown = [fr for fr in frozen if fr.category not in Category.QUIET]
+    if not shown:
+        return []
+    keys: dict[tuple[str, str, str], int] = {}
+    code = np.concatenate([np.full(fr.ids.size, keys.setdefault(
+        (fr.node, fr.category, fr.reason), len(keys))) for fr in shown])
+    lab = np.concatenate([labels[fr.ids] for fr in shown])
+    pair = unique(lab * len(keys) + code)
+    counts = np.bincount(pair % len(keys), minlength=len(keys))
+    return [FrozenReason(node, cat, msg, int(counts[i])) for (node, cat, msg), i in keys.items()]
 
 
 def _head_families(ctx: AnalysisContext, frozen_elem: np.ndarray) -> list[HeadFamily]:
@@ -207,7 +225,7 @@ def _group(ctx: AnalysisContext, labels: np.ndarray, frozen: np.ndarray,
         for dim, ax in enumerate(info.axes):
             all_labels.append(labels[ax.comp.ids].reshape(-1))
             all_axes.append(np.full(ax.comp.ids.size, len(names), dtype=np.int64))
-            names.append((f"{info.qualname}[{dim}]", info.roles.get(dim, "")))
+            names.append((slice_key(info.qualname, dim), info.roles.get(dim, "")))
     if not all_labels:
         return []
     # one sort for all (unit, param slice) pairs instead of one unique per slice

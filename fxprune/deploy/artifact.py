@@ -4,6 +4,7 @@ deterministic), then copies the tensors in; no code is ever read from the artifa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -13,8 +14,18 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from ..errors import FxPruneError, first_line
-from ..select import Plan
+from ..errors import FxPruneError, OptionError, first_line
+from ..options import (
+    Calibration,
+    CompensationOptions,
+    CompressOptions,
+    SelectOptions,
+    from_replay,
+    replay_options,
+)
+from ..pipeline import run
+from ..plan import Plan
+from ..util import as_inputs
 
 log = logging.getLogger(__name__)
 FORMAT, VERSION = "fxprune-artifact", 1
@@ -67,19 +78,19 @@ def save(gm: fx.GraphModule, path: str | Path, *, example_inputs: Sequence[Any] 
     if meta is None:
         raise ArtifactError("save() takes a module returned by fxprune.compress()")
     if example_inputs is None:
-        models = getattr(meta.report, "models", ()) if meta.report is not None else ()
+        models = meta.report.models if meta.report is not None else None
         if not models:
             raise ArtifactError("the example inputs are unknown: pass example_inputs=")
-        example_inputs = models[2]
-    options = dict(meta.options)
-    options["leaf_modules"] = _leaf_names(options.get("leaf_modules", ()))
+        example_inputs = models.inputs
+    options = replay_options(meta.options)
+    options["leaf_modules"] = _leaf_names(options["leaf_modules"])
     try:
         json.dumps(options.get("concrete_args"))
     except TypeError as exc:
         raise ArtifactError(f"concrete_args cannot be stored as JSON ({exc})") from exc
     fmt = tensor_format or ("safetensors" if _has_safetensors() else "torch")
     if fmt not in ("safetensors", "torch"):
-        raise ValueError(f"tensor_format {fmt!r}: use 'safetensors' or 'torch'")
+        raise OptionError(f"tensor_format {fmt!r}: use 'safetensors' or 'torch'")
     doc = {
         "format": FORMAT, "version": VERSION, "spec": spec, "training": gm.training,
         "inputs": _input_specs(example_inputs), "options": options,
@@ -198,20 +209,24 @@ def _registry_factory(spec: str | None) -> Callable[[], torch.nn.Module]:
 
 def apply_plan(model: torch.nn.Module, plan: Plan | Sequence[Plan],
                example_inputs: Sequence[Any] | torch.Tensor, *, verify: bool = True,
-               **options) -> fx.GraphModule:
+               options: CompressOptions | None = None) -> fx.GraphModule:
     """Replay one plan, or the plans of an iterative run in order, on ``model`` (not
-    modified): the structure fxprune gave, with ``model``'s own weights."""
+    modified): the structure fxprune gave, with ``model``'s own weights. ``options`` give
+    the tracing and input settings the plans were made with (``compress``'s defaults when
+    None); their selection is replaced by each plan."""
     plans = [plan] if isinstance(plan, Plan) else list(plan)
     if not plans:
-        raise ValueError("apply_plan needs at least one plan")
-    from ..api import compress
-
-    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) \
-        else tuple(example_inputs)
+        raise OptionError("apply_plan needs at least one plan")
+    base = options or CompressOptions()
+    inputs = as_inputs(example_inputs)
     current: torch.nn.Module = model
     for p in plans:
-        current = compress(current, inputs, plan=p, verify=verify, **options)
-        inputs = current.meta["fxprune"].report.models[-1]
+        step = dataclasses.replace(  # the plan alone: no scoring, budget or refit
+            base, select=SelectOptions(plan=p), budget=None, steps=1, verify=verify,
+            importance="l2", callback=None, calibration=Calibration(),
+            compensation=CompensationOptions("none"))
+        current = run(current, inputs, step)
+        inputs = current.meta["fxprune"].report.models.pruned_inputs
     current.meta["fxprune"].history = plans
     return current
 
@@ -230,10 +245,10 @@ def load(path: str | Path, model_factory: Callable[[], torch.nn.Module] | None =
     model = model_factory()
     if example_inputs is None:
         example_inputs = example_inputs_from(doc)
-    options = dict(doc.get("options", {}))
-    options["leaf_modules"] = _resolve_leaves(options.get("leaf_modules", []), model)
+    recorded = dict(doc.get("options", {}))
+    recorded["leaf_modules"] = _resolve_leaves(recorded.get("leaf_modules", []), model)
     plans = [Plan(**p) for p in doc["history"]]
-    gm = apply_plan(model, plans, example_inputs, verify=verify, **options)
+    gm = apply_plan(model, plans, example_inputs, verify=verify, options=from_replay(recorded))
     own = _all_tensors(gm)
     missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
     bad = [k for k in own if k in tensors and own[k].shape != tensors[k].shape]

@@ -10,20 +10,30 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..calibrate import TAP_POINTS
+from ..errors import OptionError
+
 if TYPE_CHECKING:
     from ..analyze.graph import ChannelGraph
 
 _REGISTRY: dict[str, Callable[..., Importance]] = {}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Calibration:
-    """What ``compress(calibration=..., ...)`` hands to data-driven plugins."""
+    """What ``compress(calibration=..., ...)`` hands to data-driven plugins (and what
+    compensation fits on): the calibration option group."""
 
     data: Iterable | None = None  # batches: tensors, or (inputs..., target) tuples
     max_batches: int | None = None
     tap: str = "post_act"  # where activations are observed: see calibrate.TAP_POINTS
     loss_fn: Callable[[Any, Any], Any] | None = None  # (output, target) -> scalar, for Taylor
+
+    def __post_init__(self) -> None:
+        if self.tap not in TAP_POINTS:
+            raise OptionError(f"tap point {self.tap!r}: use one of {', '.join(TAP_POINTS)}")
+        if self.max_batches is not None and self.max_batches < 1:
+            raise OptionError(f"max_batches must be >= 1, got {self.max_batches}")
 
 
 class Importance:
@@ -44,11 +54,11 @@ class Importance:
 def require(importance: Importance, calib: Calibration | None) -> Calibration:
     """The calibration a data-driven plugin needs, or a ValueError that says what to pass."""
     if calib is None or calib.data is None:
-        raise ValueError(f"importance {importance.name!r} ranks channels from activations: pass "
+        raise OptionError(f"importance {importance.name!r} ranks channels from activations: pass "
                          "calibration=<iterable of input batches> (a DataLoader or a list of "
                          "tensors)")
     if importance.needs == "labels" and calib.loss_fn is None:
-        raise ValueError(f"importance {importance.name!r} needs loss_fn=(output, target) -> "
+        raise OptionError(f"importance {importance.name!r} needs loss_fn=(output, target) -> "
                          "loss and calibration batches of (inputs, target)")
     return calib
 
@@ -66,5 +76,5 @@ def get_importance(spec: str | Importance) -> Importance:
     if isinstance(spec, Importance):
         return spec
     if spec not in _REGISTRY:
-        raise ValueError(f"unknown importance {spec!r}; available: {sorted(_REGISTRY)}")
+        raise OptionError(f"unknown importance {spec!r}; available: {sorted(_REGISTRY)}")
     return _REGISTRY[spec]()

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 
 from ..calibrate import batches
+from ..errors import OptionError
+from ..util import eval_mode
 from .base import Calibration, Importance, register, require
 from .magnitude import slice_sums
 
@@ -25,23 +27,18 @@ class Taylor(Importance):
         names = [q for q, t in graph.traced.tensors.items()
                  if isinstance(t, torch.nn.Parameter) and t.is_floating_point()]
         params = [graph.traced.tensors[q] for q in names]
-        modes = {m: m.training for m in gm.modules()}
-        gm.eval()
         total, count = np.zeros(len(graph.labels)), 0
-        try:
+        with eval_mode(gm):
             for inputs, target in batches(calib.data, len(graph.traced.example_inputs),
                                           calib.max_batches):
                 if target is None:
-                    raise ValueError("taylor needs calibration batches of (inputs, target)")
+                    raise OptionError("taylor needs calibration batches of (inputs, target)")
                 loss = calib.loss_fn(gm(*inputs), target)
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
                 wg = {q: (p.detach() * g).double() for q, p, g in zip(names, params, grads)
                       if g is not None}
                 total += slice_sums(graph, lambda q, t, wg=wg: wg.get(q)) ** 2
                 count += 1
-        finally:
-            for m, mode in modes.items():
-                m.training = mode
         return total / max(count, 1)
 
 

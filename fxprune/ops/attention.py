@@ -14,6 +14,7 @@ import torch.fx as fx
 
 from ..analyze.context import AnalysisContext
 from ..analyze.elements import Axis
+from ..analyze.rewrite import RewriteContext
 from .base import Rule, arg, set_arg
 
 
@@ -100,7 +101,7 @@ class ScaledDotProductAttention(Rule):
                 ctx.freeze(ax, "attention mask")
         ctx.set_out(batch + [qa[-2], va[-1]])
 
-    def rewrite(self, rctx, node: fx.Node) -> None:
+    def rewrite(self, rctx: RewriteContext, node: fx.Node) -> None:
         if arg(node, 6, "scale") is None:
             set_arg(node, 6, "scale", 1.0 / math.sqrt(rctx.old_shape(node.args[0])[-1]))
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch.fx as fx
 
 from ..analyze.context import AnalysisContext
-from ..analyze.elements import plain_axis
-from ..trace import TensorSpec
+from ..analyze.elements import Category, plain_axis
+from ..frontends.base import TensorSpec
 from .base import Rule
 
 
@@ -18,15 +18,15 @@ class Placeholder(Rule):
 
     def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
         val = ctx.value(node)
-        if isinstance(val, TensorSpec) and getattr(ctx, "prune_inputs", False) and len(
+        if isinstance(val, TensorSpec) and ctx.prune_inputs and len(
                 val.shape) >= 2:
             axes = ctx.fresh(val.shape)
             for d, ax in enumerate(axes):
                 if d != 1:
-                    ctx.freeze(ax, "graph input")
+                    ctx.freeze(ax, "graph input", Category.INPUT)
             ctx.set_out(axes)
         elif isinstance(val, TensorSpec):
-            ctx.set_out(ctx.fresh(val.shape, frozen="graph input"))
+            ctx.set_out(ctx.fresh(val.shape, frozen="graph input", category=Category.INPUT))
         else:
             ctx.set_out(None)
 
@@ -40,7 +40,7 @@ class Output(Rule):
         def visit(a):
             if isinstance(a, fx.Node) and ctx.is_tensor(a):
                 for ax in ctx.axes_of(a):
-                    ctx.freeze(ax, "graph output")
+                    ctx.freeze(ax, "graph output", Category.OUTPUT)
             return a
 
         fx.node.map_aggregate(node.args, visit)
@@ -90,6 +90,7 @@ class Unary(Rule):
     """Elementwise in its first tensor argument: output element i depends on input element i."""
 
     name = "elementwise"
+    channelwise = True
 
     def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
         x = node.args[0] if node.args else next(iter(node.kwargs.values()))
@@ -111,6 +112,7 @@ class Broadcast(Rule):
     corresponds to nothing (SE gating ``x * s.view(b, c, 1, 1)``)."""
 
     name = "broadcast"
+    channelwise = True
 
     def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
         out_shape = ctx.out_shape()

@@ -6,8 +6,9 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from ..analyze.context import AnalysisContext
-from ..analyze.elements import plain_axis
+from ..analyze.context import AnalysisContext, NodeView
+from ..analyze.elements import Category, plain_axis
+from ..analyze.rewrite import RewriteContext
 from .base import Rule, arg, set_arg
 
 
@@ -46,6 +47,14 @@ def _weight_and_bias(ctx: AnalysisContext, node: fx.Node, what: str):
     return w, b
 
 
+def _weight_name(node: fx.Node) -> str | None:
+    """The weight parameter of a conv/linear call: the module's, or a get_attr argument."""
+    if node.op == "call_module":
+        return f"{node.target}.weight"
+    w = arg(node, 1, "weight")
+    return w.target if isinstance(w, fx.Node) and w.op == "get_attr" else None
+
+
 def _link_bias(ctx: AnalysisContext, b, oc) -> None:
     if isinstance(b, fx.Node):
         ctx.tie(ctx.axes_of(b)[0], oc)
@@ -61,11 +70,16 @@ class Conv(Rule):
     """
 
     name = "conv"
+    producer_dim = 1
 
     def __init__(self, transposed: bool = False):
         self.transposed = transposed
+        self.refits = not transposed  # compensation refits conv weights with groups == 1
 
-    def _groups(self, ctx: AnalysisContext, node: fx.Node) -> int:
+    def weight_of(self, node: fx.Node) -> str | None:
+        return _weight_name(node)
+
+    def _groups(self, ctx: NodeView, node: fx.Node) -> int:
         if node.op == "call_module":
             return int(ctx.modules[node.target].groups)
         return int(arg(node, 7 if self.transposed else 6, "groups", 1))
@@ -82,7 +96,7 @@ class Conv(Rule):
         cdim = len(xa) - nd - 1
         out = list(xa[:cdim])
         for ax in xa[cdim + 1:]:
-            ctx.freeze(ax, "spatial dim read by a convolution")
+            ctx.freeze(ax, "spatial dim read by a convolution", Category.LAYOUT)
         g = self._groups(ctx, node)
         c_in = ctx.shape(x)[cdim]
         c_out = out_shape[cdim]
@@ -119,10 +133,11 @@ class Conv(Rule):
             return
         _link_bias(ctx, b, oc)
         out.append(oc)
-        out.extend(ctx.fresh(out_shape[cdim + 1:], frozen="spatial dim of a convolution"))
+        out.extend(ctx.fresh(out_shape[cdim + 1:], frozen="spatial dim of a convolution",
+                             category=Category.LAYOUT))
         ctx.set_out(out)
 
-    def rewrite(self, rctx, node: fx.Node) -> None:
+    def rewrite(self, rctx: RewriteContext, node: fx.Node) -> None:
         xa = rctx.axes_of(node.args[0])
         w_name = rctx.weight_name(node, 1)
         w = rctx.original(w_name)
@@ -156,6 +171,11 @@ class Conv(Rule):
 
 class Linear(Rule):
     name = "linear"
+    producer_dim = -1
+    refits = True
+
+    def weight_of(self, node: fx.Node) -> str | None:
+        return _weight_name(node)
 
     def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
         xa = ctx.axes_of(node.args[0])
@@ -185,7 +205,7 @@ class Linear(Rule):
             ctx.tie(ctx.axes_of(b)[0], wa[0])
         ctx.set_out(list(xa[:-1]) + [wa[0]])
 
-    def rewrite(self, rctx, node: fx.Node) -> None:
+    def rewrite(self, rctx: RewriteContext, node: fx.Node) -> None:
         if node.op == "call_module":
             mod = rctx.module(node.target)
             mod.in_features = rctx.new_shape(node.args[0])[-1]
@@ -196,12 +216,13 @@ class ChannelNorm(Rule):
     """BatchNorm / InstanceNorm / PReLU: per-channel parameters and statistics along dim 1."""
 
     name = "channel_norm"
+    channelwise = True
 
     def __init__(self, names: tuple[tuple[int, str], ...], attr: str | None):
         self.names = names  # (functional arg index, name)
         self.attr = attr  # module attribute holding the channel count
 
-    def _cdim(self, ctx, node) -> int:
+    def _cdim(self, ctx: NodeView, node: fx.Node) -> int:
         return 1 if len(ctx.shape(node.args[0])) > 1 else 0
 
     def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
@@ -213,7 +234,7 @@ class ChannelNorm(Rule):
                 ctx.link(info, 0, xa[cdim], "norm")
         ctx.set_out(list(xa))
 
-    def rewrite(self, rctx, node: fx.Node) -> None:
+    def rewrite(self, rctx: RewriteContext, node: fx.Node) -> None:
         if node.op == "call_module" and self.attr:
             mod = rctx.module(node.target)
             if getattr(mod, self.attr, 1) != 1:
@@ -225,7 +246,7 @@ class GroupNorm(Rule):
 
     name = "group_norm"
 
-    def _groups(self, ctx, node) -> int:
+    def _groups(self, ctx: NodeView, node: fx.Node) -> int:
         if node.op == "call_module":
             return int(ctx.modules[node.target].num_groups)
         return int(arg(node, 1, "num_groups"))
@@ -241,7 +262,7 @@ class GroupNorm(Rule):
                 ctx.link(info, 0, xa[1], "norm")
         ctx.set_out(list(xa))
 
-    def rewrite(self, rctx, node: fx.Node) -> None:
+    def rewrite(self, rctx: RewriteContext, node: fx.Node) -> None:
         old_c = rctx.old_shape(node.args[0])[1]
         new_c = rctx.new_shape(node.args[0])[1]
         per = old_c // self._groups(rctx, node)
@@ -259,7 +280,7 @@ class LayerNorm(Rule):
 
     name = "layer_norm"
 
-    def _normalized(self, ctx, node) -> tuple[int, ...]:
+    def _normalized(self, ctx: NodeView, node: fx.Node) -> tuple[int, ...]:
         if node.op == "call_module":
             return tuple(ctx.modules[node.target].normalized_shape)
         shape = arg(node, 1, "normalized_shape")
@@ -280,7 +301,7 @@ class LayerNorm(Rule):
         ctx.approximate(ctx.ids(last, keep_order=True), "normalised by LayerNorm")
         ctx.set_out(list(xa))
 
-    def rewrite(self, rctx, node: fx.Node) -> None:
+    def rewrite(self, rctx: RewriteContext, node: fx.Node) -> None:
         shape = tuple(rctx.new_shape(node)[-len(self._normalized(rctx, node)):])
         if node.op == "call_module":
             rctx.module(node.target).normalized_shape = shape
@@ -307,6 +328,6 @@ class Embedding(Rule):
         ctx.link(w, 1, oc, "out")
         ctx.set_out(list(idx) + [oc])
 
-    def rewrite(self, rctx, node: fx.Node) -> None:
+    def rewrite(self, rctx: RewriteContext, node: fx.Node) -> None:
         if node.op == "call_module":
             rctx.module(node.target).embedding_dim = rctx.new_shape(node)[-1]

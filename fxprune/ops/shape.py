@@ -7,7 +7,8 @@ import torch
 import torch.fx as fx
 
 from ..analyze.context import AnalysisContext
-from ..analyze.elements import Axis, plain_axis
+from ..analyze.elements import Axis, Category, plain_axis
+from ..analyze.rewrite import RewriteContext
 from .base import Rule, arg, norm_dim, set_arg
 
 
@@ -92,7 +93,7 @@ class Reshape(Rule):
                 out[j] = Axis(comp, (t,))
         ctx.set_out(out)
 
-    def rewrite(self, rctx, node: fx.Node) -> None:
+    def rewrite(self, rctx: RewriteContext, node: fx.Node) -> None:
         new = rctx.new_shape(node)
         old = rctx.old_shape(node)
         target = node.target
@@ -188,7 +189,7 @@ class Expand(Rule):
             out.append(ax if s_in[i] == s_out[lead + i] else ctx.fresh((s_out[lead + i],))[0])
         ctx.set_out(out)
 
-    def rewrite(self, rctx, node: fx.Node) -> None:
+    def rewrite(self, rctx: RewriteContext, node: fx.Node) -> None:
         new = rctx.new_shape(node)
         rest = node.args[1:]
         if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
@@ -246,3 +247,36 @@ class ChannelShuffle(Rule):
         out[1] = Axis(comp, (1, 0))
         ctx.set_out(out)
 
+
+
+class PixelShuffle(Rule):
+    """pixel_shuffle(x, r): input channel ``c * r^2 + k`` becomes output channel ``c`` at
+    sub-pixel ``k``, so an output channel and its r^2 input channels go together.
+    pixel_unshuffle is the inverse: output channels ``c * r^2 .. c * r^2 + r^2 - 1`` all come
+    from input channel ``c``. Nothing to rewrite: the op names no channel count."""
+
+    name = "pixel_shuffle"
+
+    def __init__(self, inverse: bool = False):
+        self.inverse = inverse
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        xa = ctx.axes_of(node.args[0])
+        if node.op == "call_module":
+            mod = ctx.modules[node.target]
+            r = int(mod.downscale_factor if self.inverse else mod.upscale_factor)
+        else:
+            r = int(arg(node, 1, "downscale_factor" if self.inverse else "upscale_factor"))
+        out_shape = ctx.out_shape()
+        ids = ctx.ids(xa[-3])
+        if self.inverse:
+            channels = plain_axis(np.repeat(ids, r * r))
+        else:
+            blocks = ids.reshape(-1, r * r)
+            ctx.tie_ids(blocks[:, :1], blocks[:, 1:])
+            channels = plain_axis(blocks[:, 0])
+        for ax in xa[-2:]:
+            ctx.freeze(ax, "spatial dim of a pixel shuffle", Category.LAYOUT)
+        spatial = ctx.fresh(out_shape[-2:], frozen="spatial dim of a pixel shuffle",
+                            category=Category.LAYOUT)
+        ctx.set_out(list(xa[:-3]) + [channels] + spatial)

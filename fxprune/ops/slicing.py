@@ -6,8 +6,9 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from ..analyze.context import AnalysisContext
-from ..analyze.elements import Axis, plain_axis
+from ..analyze.context import AnalysisContext, NodeView
+from ..analyze.elements import Axis, Category, plain_axis
+from ..analyze.rewrite import RewriteContext
 from .base import Rule, arg, norm_dim, set_arg
 
 
@@ -47,7 +48,7 @@ class Split(Rule):
 
     name = "split"
 
-    def _dim(self, ctx, node) -> int:
+    def _dim(self, ctx: NodeView, node: fx.Node) -> int:
         return norm_dim(int(arg(node, 2, "dim", 0)), len(ctx.shape(node.args[0])))
 
     def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
@@ -64,7 +65,7 @@ class Split(Rule):
             start += n
         ctx.set_out(tuple(parts))
 
-    def rewrite(self, rctx, node: fx.Node) -> None:
+    def rewrite(self, rctx: RewriteContext, node: fx.Node) -> None:
         d = self._dim(rctx, node)
         mask = rctx.kept_mask(rctx.axes_of(node.args[0])[d])
         bounds = np.cumsum([0] + [spec.shape[d] for spec in rctx.value(node)])
@@ -106,7 +107,7 @@ class Narrow(Rule):
         out[d] = plain_axis(ctx.ids(xa[d])[start:start + length])
         ctx.set_out(out)
 
-    def rewrite(self, rctx, node: fx.Node) -> None:
+    def rewrite(self, rctx: RewriteContext, node: fx.Node) -> None:
         xa = rctx.axes_of(node.args[0])
         d = norm_dim(int(arg(node, 1, "dim")), len(xa))
         start, length = int(arg(node, 2, "start")), int(arg(node, 3, "length"))
@@ -159,7 +160,7 @@ class GetItem(Rule):
         out = []
         for kind, d, sl in _flat_plan(plan):
             if kind == "new":
-                out.extend(ctx.fresh((1,), frozen="new dim"))
+                out.extend(ctx.fresh((1,), frozen="new dim", category=Category.LAYOUT))
             elif kind == "int":
                 ctx.freeze(xa[d], "indexed by an integer")
             elif kind == "full":
@@ -172,7 +173,7 @@ class GetItem(Rule):
                 out.append(plain_axis(ids[start:stop:step]))
         ctx.set_out(out)
 
-    def rewrite(self, rctx, node: fx.Node) -> None:
+    def rewrite(self, rctx: RewriteContext, node: fx.Node) -> None:
         x, idx = node.args[0], node.args[1]
         if not rctx.is_tensor(x):
             return

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import torch.fx as fx
 
 from ..analyze.context import AnalysisContext
+from ..analyze.elements import Category
 from .base import Rule, arg, norm_dim
 
 
@@ -29,8 +30,9 @@ class Spatial(Rule):
         nd = self.nd if self.nd is not None else len(xa) - 2
         keep = len(xa) - nd
         for ax in xa[keep:]:
-            ctx.freeze(ax, "spatial dim of pooling")
-        ctx.set_out(list(xa[:keep]) + ctx.fresh(out_shape[keep:], frozen="spatial dim of pooling"))
+            ctx.freeze(ax, "spatial dim of pooling", Category.LAYOUT)
+        ctx.set_out(list(xa[:keep]) + ctx.fresh(out_shape[keep:], frozen="spatial dim of pooling",
+                                                category=Category.LAYOUT))
 
 
 class Reduce(Rule):
@@ -70,7 +72,7 @@ class Reduce(Rule):
             if d not in reduced:
                 out.append(ax)
             elif keepdim:
-                out.extend(ctx.fresh((1,), frozen="reduced dim"))
+                out.extend(ctx.fresh((1,), frozen="reduced dim", category=Category.LAYOUT))
         val = ctx.value(node)
         ctx.set_out(tuple(list(out) for _ in val) if isinstance(val, tuple) else out)
 

@@ -1,7 +1,9 @@
-"""THE rules table: one entry per op. To teach fxprune an op, add one line here.
+"""THE rules table: one entry per op. To teach fxprune an op, write its :class:`Rule` in the
+``ops`` module it belongs to (or reuse one) and add its entry here.
 
-Keys are module types (``call_module``), callables (``call_function``) and method names
-(``call_method``). Anything not listed is frozen by :class:`~fxprune.ops.base.Unknown`.
+Keys are module types (``call_module``), callables (``call_function``: torch functions and,
+for graphs of other frontends, ATen overloads) and method names (``call_method``). Anything
+not listed is frozen by :class:`~fxprune.ops.base.Unknown`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from .attention import Einsum, MatMul, ScaledDotProductAttention
 from .base import Rule, Unknown
 from .elementwise import GLU, Broadcast, GetAttr, NonTensor, Output, Placeholder, Unary
 from .layers import ChannelNorm, Conv, Embedding, GroupNorm, LayerNorm, Linear
-from .shape import ChannelShuffle, Expand, ExpandAs, Permute, Repeat, Reshape
+from .shape import ChannelShuffle, Expand, ExpandAs, Permute, PixelShuffle, Repeat, Reshape
 from .slicing import Cat, GetItem, Narrow, Split, Stack, Unbind
 from .spatial import Pad, Reduce, Roll, Softmax, Spatial
 
@@ -84,6 +86,7 @@ def _build() -> tuple[dict[Any, Rule], dict[Any, Rule], dict[str, Rule]]:
         nn.GroupNorm: GroupNorm(), nn.PReLU: _PRELU,
         nn.Flatten: _RESHAPE, nn.Unflatten: _RESHAPE,
         nn.ChannelShuffle: ChannelShuffle(),
+        nn.PixelShuffle: PixelShuffle(), nn.PixelUnshuffle: PixelShuffle(inverse=True),
         nn.LPPool1d: Spatial(1), nn.LPPool2d: Spatial(2), nn.Upsample: Spatial(None),
         nn.Softmax: _SOFTMAX, nn.LogSoftmax: _SOFTMAX, nn.Softmin: _SOFTMAX,
         nn.Softmax2d: Softmax(-3), nn.GLU: _GLU,
@@ -109,6 +112,7 @@ def _build() -> tuple[dict[Any, Rule], dict[Any, Rule], dict[str, Rule]]:
         operator.getitem: GetItem(), getattr: _SIZE, len: _SIZE,
         torch.channel_shuffle: ChannelShuffle(), F.channel_shuffle: ChannelShuffle(),
         torch.native_channel_shuffle: ChannelShuffle(),
+        F.pixel_shuffle: PixelShuffle(), F.pixel_unshuffle: PixelShuffle(inverse=True),
         F.interpolate: Spatial(None),
         F.softmax: _SOFTMAX, F.log_softmax: _SOFTMAX, F.softmin: _SOFTMAX,
         torch.softmax: _SOFTMAX, torch.log_softmax: _SOFTMAX, F.glu: _GLU,

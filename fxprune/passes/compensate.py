@@ -25,7 +25,6 @@ from ..calibrate import run_taps
 
 log = logging.getLogger(__name__)
 MAX_FEATURES = 4096  # second moments are D x D: wider inputs (flatten -> linear) are skipped
-METHODS = ("lstsq", "merge")
 
 
 class Moments:
@@ -85,17 +84,16 @@ def find_sites(graph: ChannelGraph, removed_units: np.ndarray,
     keep = graph.keep_mask(removed_units)
     sites = []
     for node in graph.traced.gm.graph.nodes:
-        if node.op != "call_module" or graph.rules.get(node.name) not in ("conv", "linear"):
+        rule = graph.rules.get(node.name)
+        if node.op != "call_module" or rule is None or not rule.refits:
             continue
-        mod = graph.ctx.modules[node.target]
-        if not isinstance(mod, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d,
-                                torch.nn.Conv3d)) or getattr(mod, "groups", 1) != 1:
+        if getattr(graph.ctx.modules[node.target], "groups", 1) != 1:
             continue
         src = node.args[0]
         axes = graph.ctx.axes.get(src.name) if isinstance(src, fx.Node) else None
         if not isinstance(axes, list):
             continue
-        dim = len(axes) - 1 if isinstance(mod, torch.nn.Linear) else 1
+        dim = rule.producer_dim % len(axes)  # its input channels sit where it makes its own
         if not axes[dim].full or keep[axis_ids(axes[dim])].all():
             continue  # part of a reshaped block, or nothing removed from this input
         info = graph.params[f"{node.target}.weight"]
@@ -182,10 +180,8 @@ def restore(module: torch.nn.Module, before: dict[str, torch.Tensor | None]) -> 
 def compensate(pruned: fx.GraphModule, graph: ChannelGraph, removed_units: np.ndarray, data,
                *, method: str = "lstsq", ridge: float = 1e-3,
                max_batches: int | None = None) -> tuple[CompensationReport, dict]:
-    if method not in METHODS:
-        raise ValueError(f"compensate={method!r}: use one of {METHODS}")
-    if data is None:
-        raise ValueError("compensation fits the consumers on activations: pass calibration=")
+    """Refit the consumers of ``pruned`` in place (``method`` and ``ridge`` as validated by
+    ``options.CompensationOptions``); returns the report and the uncompensated tensors."""
     report = CompensationReport(method)
     sites = find_sites(graph, removed_units, report)
     stats = collect(graph, sites, data, max_batches)

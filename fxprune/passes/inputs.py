@@ -17,7 +17,7 @@ MARK = "_fxprune_keeps_input_signature"
 
 def input_map(graph: ChannelGraph, removed_units: np.ndarray) -> dict[str, np.ndarray]:
     """Kept feature indices (dim 1) of every graph input that lost some."""
-    if not getattr(graph.ctx, "prune_inputs", False):
+    if not graph.ctx.prune_inputs:
         return {}
     keep = graph.keep_mask(removed_units)
     out = {}

@@ -13,20 +13,22 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from ..analyze.graph import ChannelGraph
 from ..analyze.layout import kept_positions
+from ..analyze.rewrite import RewriteContext
 from ..errors import RewriteError
-from ..ops.table import rule_for
-from ..trace import TensorSpec, _Recorder
-from .context import RewriteContext
+from ..frontends.base import TensorSpec, record
 from .inputs import MARK, input_map, inputs_for, keep_signature
 
 log = logging.getLogger(__name__)
 
 
 class PruneChannels(PassBase):
-    """Remove ``removed_units`` of ``graph`` from the GraphModule it was built from.
+    """Remove ``removed_units`` of ``graph`` from a GraphModule.
 
-    Follows torch.fx's pass convention, so it composes in a ``PassManager``; the input
-    module is copied, never modified.
+    Follows torch.fx's pass convention, so it composes in a ``PassManager``: the module it is
+    given is copied (never modified) and its own tensors are sliced, so an earlier pass that
+    changed weights is honoured. The module must have the graph the channel graph was built
+    from (same nodes and targets, same tensor shapes); anything else is a ``RewriteError``,
+    not a guess: it is not a general pass over arbitrary modules.
     """
 
     def __init__(self, graph: ChannelGraph, removed_units: np.ndarray, check: bool = True,
@@ -38,24 +40,24 @@ class PruneChannels(PassBase):
         self.keep_input_signature = keep_input_signature
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
+        tensors = _tensors_of(graph_module, self.graph)
         keep = self.graph.keep_mask(self.removed_units)
-        sliced = _sliced_params(self.graph, keep)
+        sliced = _sliced_params(self.graph, keep, tensors)
         # a structural copy that takes the sliced tensors directly: no parameter is copied
         # twice, and the GraphModule is compiled once, after the rules have rewritten it
-        root = copy_modules(graph_module, _memo(self.graph.traced.tensors, sliced))
+        root = copy_modules(graph_module, _memo(tensors, sliced))
         new_graph = copy.deepcopy(graph_module.graph)
-        rctx = RewriteContext(self.graph, keep, root)
-        nodes = {n.name: n for n in new_graph.nodes}
-        for node in list(self.graph.traced.gm.graph.nodes):
-            if node.op in ("call_module", "call_function", "call_method"):
-                rule = rule_for(node, self.graph.ctx.modules)
-                if self.graph.rules.get(node.name) != rule.name:
-                    continue  # the analysis fell back to Unknown here: nothing to rewrite
-                try:
-                    rule.rewrite(rctx, nodes[node.name])
-                except Exception as exc:  # noqa: BLE001 - the fallback freezes this node
-                    raise RewriteError(f"rule {rule.name} could not rewrite {node.name}: {exc}",
-                                       node=node.name) from exc
+        rctx = RewriteContext(self.graph, keep, root, tensors)
+        for node in new_graph.nodes:
+            rule = self.graph.rules.get(node.name)
+            if rule is None or rule.fallback or node.op not in (
+                    "call_module", "call_function", "call_method"):
+                continue  # Unknown (or a rule that failed): its channels are kept whole
+            try:
+                rule.rewrite(rctx, node)
+            except Exception as exc:  # noqa: BLE001 - the fallback freezes this node
+                raise RewriteError(f"rule {rule.name} could not rewrite {node.name}: {exc}",
+                                   node=node.name) from exc
         for qual, tensor in rctx.new_params.items():  # rules that build a tensor themselves
             _assign(root, qual, tensor.contiguous())
         modified = bool(rctx.new_params) or any(
@@ -72,11 +74,31 @@ class PruneChannels(PassBase):
         return PassResult(new_gm, modified)
 
 
-def _sliced_params(graph: ChannelGraph, keep: np.ndarray) -> dict[str, torch.Tensor]:
+def _tensors_of(gm: fx.GraphModule, graph: ChannelGraph) -> dict[str, torch.Tensor]:
+    """``gm``'s tensors by qualified name, once ``gm`` is known to be the analysed module (or
+    a copy of it with the same graph and tensor shapes)."""
+    if gm is graph.traced.gm:
+        return graph.traced.tensors
+    analysed = [(n.name, n.op, str(n.target)) for n in graph.traced.gm.graph.nodes]
+    given = [(n.name, n.op, str(n.target)) for n in gm.graph.nodes]
+    if given != analysed:
+        raise RewriteError("PruneChannels rewrites the module its channel graph was built from "
+                           f"(or a copy with the same graph); {type(gm).__name__} has a "
+                           "different graph: run fxprune.analyze on it first")
+    tensors = dict(gm.named_buffers(remove_duplicate=False))
+    tensors.update(gm.named_parameters(remove_duplicate=False))
+    for qual, info in graph.params.items():
+        if qual not in tensors or tuple(tensors[qual].shape) != info.shape:
+            raise RewriteError(f"PruneChannels: {qual} is missing or has another shape than "
+                               "when the channel graph was built")
+    return tensors
+
+
+def _sliced_params(graph: ChannelGraph, keep: np.ndarray,
+                   tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Every analysed parameter/buffer sliced along its axes, in the order the pruned tensors
     hold the channels."""
     out = {}
-    tensors = graph.traced.tensors
     for qual, info in graph.params.items():
         new = tensors[qual].detach()
         for dim, ax in enumerate(info.axes):
@@ -154,19 +176,12 @@ def _assign(gm: torch.nn.Module, qual: str, tensor: torch.Tensor) -> None:
 
 def check_shapes(rctx: RewriteContext, gm: fx.GraphModule, removed_units: np.ndarray) -> None:
     """Run the pruned module once and compare every node's shape with the plan's promise."""
-    values: dict = {}
-    modes = {m: m.training for m in gm.modules()}
-    gm.eval()
     inputs = inputs_for(gm, rctx.graph, removed_units, rctx.graph.traced.example_inputs)
     try:
-        with torch.no_grad():
-            _Recorder(gm, values).run(*inputs)
+        values = record(gm, inputs)
     except Exception as exc:  # noqa: BLE001
         raise RewriteError(f"the pruned module does not run: {exc}",
                            node=getattr(exc, "node", None)) from exc
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
     signature_kept = getattr(gm, MARK, False)
     placeholders = {n.name for n in gm.graph.nodes if n.op == "placeholder"}
     for name, spec in values.items():

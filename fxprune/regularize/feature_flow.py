@@ -11,7 +11,7 @@ import operator
 import torch
 import torch.fx as fx
 
-from ..calibrate import _follow, tap_points, tapped_module
+from ..calibrate import follow, tap_points, tapped_module
 from .units import graph_of
 
 _ADDS = (operator.add, operator.iadd, torch.add, "add", "add_")
@@ -58,7 +58,7 @@ class FeatureFlow:
         outs = []
         for node in g.traced.gm.graph.nodes:
             if _is_residual_add(node, g.traced.values):
-                outs.append(_follow(g, node).name)
+                outs.append(follow(g, node).name)
         if not outs:
             outs = [t.node for t in tap_points(g)]
         return sorted(set(outs), key=order.__getitem__)

@@ -1,41 +1,32 @@
-"""What compress did, in numbers: params, FLOPs, groups before/after, frozen reasons, verify."""
+"""What compress did, in numbers: params, FLOPs, groups before/after, frozen reasons, verify;
+and the record a pruned module carries (``CompressResult``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from .analyze.graph import ChannelGraph
-from .select import Plan
-from .verify import VerifyResult
-
-
-def count_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def count_flops(model: torch.nn.Module, example_inputs: tuple) -> int:
-    """FLOPs of one forward pass, by torch.utils.flop_counter (2 per multiply-add)."""
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(*example_inputs)
-    finally:
-        model.train(was)
-    return int(counter.get_total_flops())
+from ..analyze.graph import ChannelGraph, FrozenReason
+from ..budget import BudgetResult
+from ..options import CompressOptions
+from ..passes.compensate import CompensationReport
+from ..plan import Plan
+from ..verify import VerifyResult
+from .counting import count_flops
+from .pictures import as_json, layer_rows, markdown, plot
 
 
-def count_cost(model: torch.nn.Module, example_inputs: tuple, kind: str) -> float:
-    """What a budget counts: ``kind`` "params" or "flops" (flop_counter's)."""
-    if kind == "params":
-        return float(count_params(model))
-    return float(count_flops(model, example_inputs))
+class Models(NamedTuple):
+    """The two models a report compares and the inputs each takes."""
+
+    original: torch.nn.Module
+    pruned: torch.nn.Module
+    inputs: tuple
+    pruned_inputs: tuple  # the inputs sliced to the kept features (input-feature pruning)
 
 
 @dataclass
@@ -43,44 +34,39 @@ class Report:
     params_before: int
     params_after: int
     groups: dict[str, dict[str, int]]
-    frozen: list[tuple[str, str, int]]
+    frozen: list[FrozenReason]
     notes: list[str]
     verify: VerifyResult | None
     timings: dict[str, float] = field(default_factory=dict)
-    models: tuple = field(default=(), repr=False)  # original, pruned, inputs, pruned inputs
-    compensation: Any = None  # a CompensationReport when compress(compensate=...) ran
-    budget: Any = None  # a budget.BudgetResult when compress(target_flops/params=...) ran
+    models: Models | None = field(default=None, repr=False)
+    compensation: CompensationReport | None = None  # when compress(compensate=...) ran
+    budget: BudgetResult | None = None  # when compress(target_flops/params=...) ran
 
     @cached_property
     def flops_before(self) -> int:
         """FLOPs of the original (counted on first use: compress itself does not pay for it)."""
-        return count_flops(self.models[0], self.models[2])
+        return count_flops(self.models.original, self.models.inputs)
 
     @cached_property
     def flops_after(self) -> int:
-        return count_flops(self.models[1], self.models[-1])
+        return count_flops(self.models.pruned, self.models.pruned_inputs)
 
     def layers(self) -> list:
-        """Per conv/linear layer: channels and params before and after (deploy.pictures)."""
-        from .deploy.pictures import layer_rows
-
-        return layer_rows(self.models[0], self.models[1])
+        """Per conv/linear layer: channels and params before and after."""
+        return layer_rows(self.models.original, self.models.pruned)
 
     def to_markdown(self) -> str:
         """The summary plus the per-layer before/after table."""
-        from .deploy.pictures import markdown
-
         return (f"# fxprune report\n\n```\n{self.summary()}\n```\n\n## Layers\n\n"
                 + markdown(self.layers()) + "\n")
 
     def to_dict(self) -> dict[str, Any]:
-        from .deploy.pictures import as_json
-
         return {
             "params": {"before": self.params_before, "after": self.params_after},
             "flops": {"before": self.flops_before, "after": self.flops_after},
             "groups": self.groups, "notes": self.notes,
-            "frozen": [{"node": n, "reason": r, "channels": c} for n, r, c in self.frozen],
+            "frozen": [{"node": f.node, "reason": f.message, "channels": f.units,
+                        "category": f.category} for f in self.frozen],
             "verify": str(self.verify) if self.verify is not None else None,
             "verify_ok": self.verify.ok if self.verify is not None else None,
             "budget": str(self.budget) if self.budget is not None else None,
@@ -89,8 +75,6 @@ class Report:
 
     def plot(self, path) -> Any:
         """Bar chart of kept output channels per layer, as a PNG at ``path``."""
-        from .deploy.pictures import plot
-
         return plot(self.layers(), path)
 
     def summary(self) -> str:
@@ -106,7 +90,7 @@ class Report:
         ]
         if self.frozen:
             lines.append(f"frozen: {len(self.frozen)} reason(s), e.g. "
-                         + "; ".join(f"{n}: {r}" for n, r, _ in self.frozen[:3]))
+                         + "; ".join(f"{f.node}: {f.message}" for f in self.frozen[:3]))
         if self.budget is not None:
             lines.append(f"budget: {self.budget}")
         if self.compensation is not None:
@@ -129,7 +113,7 @@ class CompressResult:
     removed_units: np.ndarray
     extra: dict[str, Any] = field(default_factory=dict)
     history: list[Plan] = field(default_factory=list)  # every step's plan, in order
-    options: dict[str, Any] = field(default_factory=dict)  # what a replay needs (save/load)
+    options: CompressOptions = field(default_factory=CompressOptions)
 
     def __post_init__(self) -> None:
         if not self.history:
@@ -141,4 +125,4 @@ class CompressResult:
     def __getstate__(self) -> dict:
         return {"plan": self.plan, "report": None, "graph": None,
                 "removed_units": self.removed_units, "extra": {}, "history": self.history,
-                "options": self.options}
+                "options": self.options.without_data()}

@@ -9,35 +9,29 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from ..analyze.elements import Axis
-from ..analyze.graph import ChannelGraph
-from ..analyze.layout import kept_positions, new_size
-from ..trace import TensorSpec
+from .context import NodeView
+from .elements import Axis
+from .graph import ChannelGraph
+from .layout import kept_positions, new_size
 
 
-class RewriteContext:
-    def __init__(self, graph: ChannelGraph, keep: np.ndarray, new_root: torch.nn.Module):
+class RewriteContext(NodeView):
+    def __init__(self, graph: ChannelGraph, keep: np.ndarray, new_root: torch.nn.Module,
+                 tensors: dict[str, torch.Tensor]):
         self.graph = graph
         self.keep = keep
         self.new_root = new_root  # the copied module tree the new GraphModule is built on
         self.values = graph.traced.values
         self.modules = graph.ctx.modules  # the original modules: read attributes here
+        self.tensors = tensors  # the rewritten module's own tensors, by qualified name
         self.new_params: dict[str, torch.Tensor] = {}
 
     # ---- shapes and positions ------------------------------------------------------------
-    def value(self, arg: Any) -> Any:
-        return self.values.get(arg.name) if isinstance(arg, fx.Node) else arg
-
-    def is_tensor(self, arg: Any) -> bool:
-        return isinstance(self.value(arg), TensorSpec)
-
     def axes_of(self, arg: Any) -> list[Axis]:
         return self.graph.ctx.axes[arg.name]
 
     def old_shape(self, arg: Any) -> tuple[int, ...]:
-        return self.value(arg).shape
-
-    shape = old_shape
+        return self.shape(arg)
 
     def new_shape(self, arg: Any) -> tuple[int, ...]:
         return tuple(new_size(ax, self.keep) for ax in self.axes_of(arg))
@@ -60,7 +54,8 @@ class RewriteContext:
         return self.new_root.get_submodule(target)
 
     def original(self, qualname: str) -> torch.Tensor:
-        return self.graph.traced.tensors[qualname].detach()
+        """A tensor as the module being rewritten holds it, before slicing."""
+        return self.tensors[qualname].detach()
 
     def weight_name(self, node: fx.Node, index: int) -> str:
         if node.op == "call_module":

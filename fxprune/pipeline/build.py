@@ -1,0 +1,39 @@
+"""The analyze stage's work: every node's rule applied in graph order, then the units and
+groups solved. A rule that raises is contained: its node falls back to the Unknown rule
+(every channel it touches kept) and the report says which rule failed."""
+
+from __future__ import annotations
+
+import logging
+
+from ..analyze.context import AnalysisContext
+from ..analyze.elements import Category
+from ..analyze.graph import ChannelGraph, NodeRule, solve
+from ..errors import first_line
+from ..frontends.base import Traced
+from ..ops.base import Unknown
+from ..ops.table import rule_for
+
+log = logging.getLogger(__name__)
+
+
+def build(traced: Traced, freeze_nodes: frozenset[str] = frozenset(),
+          prune_inputs: bool = False) -> ChannelGraph:
+    """The channel graph of ``traced``. ``freeze_nodes`` keep all their channels (the
+    rewrite's fallback); ``prune_inputs`` leaves the inputs' feature axis prunable."""
+    ctx = AnalysisContext(traced, prune_inputs)
+    rules: dict[str, NodeRule] = {}
+    for node in traced.gm.graph.nodes:
+        ctx.node = node
+        rule = rule_for(node, ctx.modules)
+        try:
+            rule.analyze(ctx, node)
+        except Exception as exc:  # noqa: BLE001 - a rule that cannot cope freezes, never guesses
+            log.debug("rule %s failed on %s: %s", rule.name, node.name, exc)
+            ctx.axes.pop(node.name, None)
+            rule = Unknown(f"rule {rule.name} failed ({first_line(exc)})")
+            rule.analyze(ctx, node)
+        if node.name in freeze_nodes:
+            ctx.freeze_all("the rewrite could not keep this node consistent", Category.REWRITE)
+        rules[node.name] = rule
+    return solve(ctx, rules)

@@ -1,0 +1,62 @@
+"""The runner: the stages in order, each timed, with the one recovery policy fxprune has. A
+node whose sizes the rewrite cannot keep consistent (size arithmetic with literals, say) is
+frozen and the graph re-analysed; scores carry over, so calibration runs once per call."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import torch
+import torch.fx as fx
+
+from ..errors import RewriteError
+from ..options import CompressOptions
+from ..util import as_inputs
+from . import stages
+from .state import State
+from .steps import run_steps
+
+log = logging.getLogger(__name__)
+MAX_REWRITE_RETRIES = 8
+
+
+def run(model: torch.nn.Module, example_inputs, options: CompressOptions) -> fx.GraphModule:
+    """Prune ``model`` as ``options`` say; ``steps > 1`` runs the pipeline once per step."""
+    if options.steps > 1:
+        return run_steps(model, as_inputs(example_inputs), options, once=run)
+    state = State(model, as_inputs(example_inputs), options, options.plugin())
+    _timed(state, "trace", stages.capture)
+    _until_rewritten(state)
+    for name, stage in (("verify", stages.verify), ("compensate", stages.compensate),
+                        ("report", stages.report)):
+        _timed(state, name, stage)
+    return state.pruned
+
+
+def _until_rewritten(state: State) -> None:
+    """analyze -> score -> select -> rewrite, freezing the node a rewrite failed at."""
+    for _attempt in range(MAX_REWRITE_RETRIES + 1):
+        _timed(state, "analyze", stages.analyze)
+        _timed(state, "score", stages.score)
+        try:
+            _timed(state, "select", stages.select)
+            _timed(state, "rewrite", stages.rewrite)
+            return
+        except RewriteError as exc:
+            # never a wrong model: the node keeps its channels and the report says so
+            if state.options.select.plan is not None or exc.node is None or \
+                    exc.node in state.frozen_nodes:
+                raise
+            log.info("rewrite failed at %s (%s); keeping its channels", exc.node, exc)
+            state.frozen_nodes = state.frozen_nodes | {exc.node}
+    raise RewriteError(f"rewrite failed after freezing {sorted(state.frozen_nodes)}")
+
+
+def _timed(state: State, name: str, stage: Callable[[State], None]) -> None:
+    t0 = time.perf_counter()
+    try:
+        stage(state)
+    finally:
+        state.timings[name] = state.timings.get(name, 0.0) + time.perf_counter() - t0

@@ -1,0 +1,132 @@
+"""The stages, in order: capture -> analyze -> score -> select -> rewrite -> verify ->
+compensate -> report. Each reads what earlier stages left in the :class:`State` and adds its
+own; the runner calls them, times them and owns the retry policy."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+
+from .. import frontends
+from ..budget import solve as solve_budget
+from ..errors import VerificationError
+from ..passes.compensate import compensate as refit_consumers
+from ..passes.inputs import input_map, inputs_for
+from ..passes.prune import PruneChannels
+from ..plan import Plan
+from ..report import CompressResult, Models, Report, count_cost, count_params
+from ..select import select as select_units
+from ..verify import check, compare
+from .build import build
+from .state import State
+
+log = logging.getLogger(__name__)
+
+
+def capture(state: State) -> None:
+    opts = state.options.trace
+    state.traced = frontends.get(opts.frontend).capture(state.model, state.inputs, opts)
+
+
+def analyze(state: State) -> None:
+    state.graph = build(state.traced, state.frozen_nodes, state.options.inputs.prune_inputs)
+
+
+def score(state: State) -> None:
+    """Scores once per call: a retry's new graph (more nodes frozen) gets the data-driven
+    scores carried over unit by unit instead of a second calibration pass."""
+    if state.options.select.plan is not None:
+        return
+    if state.scores is None or state.plugin.needs is None:
+        state.scores = state.plugin.scores(state.graph, state.options.calibration)
+    elif state.scored_on is not state.graph:
+        state.scores = carry_scores(state.scored_on, state.graph, state.scores)
+    state.scored_on = state.graph
+
+
+def carry_scores(old, new, scores: np.ndarray) -> np.ndarray:
+    """Scores of ``old``'s units on ``new``'s (same elements; freezing more nodes can only
+    merge units): a merged unit scores the sum of its parts, as a tap would count it."""
+    roots = np.flatnonzero(old.labels == np.arange(len(old.labels)))
+    out = np.zeros(len(new.labels))
+    np.add.at(out, new.labels[roots], scores[roots])
+    return out
+
+
+def select(state: State) -> None:
+    opts, graph = state.options, state.graph
+    if opts.select.plan is not None:
+        state.plan = dataclasses.replace(opts.select.plan)
+    elif opts.budget is None:
+        state.plan = select_units(graph, state.scores, opts.select, opts.attention)
+    else:
+        dense = count_cost(state.traced.gm, state.inputs, opts.budget.kind)
+        state.plan, state.budget = solve_budget(graph, state.scores, opts.budget, dense,
+                                                lambda plan: _cost_of(state, plan),
+                                                opts.select, opts.attention)
+    state.removed = state.plan.removed_units(graph)
+
+
+def _cost_of(state: State, plan: Plan) -> float:
+    """What a budget is checked against: the cost of the model the plan gives."""
+    removed = plan.removed_units(state.graph)
+    gm = PruneChannels(state.graph, removed)(state.traced.gm).graph_module
+    return count_cost(gm, inputs_for(gm, state.graph, removed, state.inputs),
+                      state.options.budget.kind)
+
+
+def rewrite(state: State) -> None:
+    keep_signature = state.options.inputs.keep_input_signature
+    gm = PruneChannels(state.graph, state.removed, keep_input_signature=keep_signature)(
+        state.traced.gm).graph_module
+    gm.train(state.model.training)
+    state.pruned = gm
+    state.plan.inputs = {k: v.tolist() for k, v in input_map(state.graph, state.removed).items()}
+    state.pruned_inputs = inputs_for(gm, state.graph, state.removed, state.inputs)
+
+
+def verify(state: State) -> None:
+    if not state.options.verify:
+        return
+    result, deviation = check(state.graph, state.removed, state.pruned, state.inputs)
+    if deviation is not None:
+        result.approx_deviation = deviation.max_abs_err / deviation.scale
+    state.verify = result
+    if not result.ok:
+        raise VerificationError(
+            f"fxprune produced a model that differs from the masked original ({result}). "
+            "This is a bug in an op rule: please report it with the model. Workaround: "
+            "ignore=[...] the layers involved.")
+
+
+def compensate(state: State) -> None:
+    """Refit the consumers in place; the deviation from the unpruned model on the example
+    inputs is measured before and after, so the report shows what compensation bought."""
+    opts = state.options
+    method = opts.compensation.resolve(state.plugin)
+    if method is None:
+        return
+    original, gm = state.traced.gm, state.pruned
+    before = compare(original, gm, state.inputs, pruned_inputs=state.pruned_inputs)
+    report, state.uncompensated = refit_consumers(
+        gm, state.graph, state.removed, opts.calibration.data, method=method,
+        ridge=opts.compensation.ridge, max_batches=opts.calibration.max_batches)
+    after = compare(original, gm, state.inputs, pruned_inputs=state.pruned_inputs)
+    report.deviation_before = before.max_abs_err / before.scale
+    report.deviation_after = after.max_abs_err / after.scale
+    state.compensation = report
+
+
+def report(state: State) -> None:
+    graph, gm, plan = state.graph, state.pruned, state.plan
+    extra = {"uncompensated": state.uncompensated} if state.uncompensated is not None else {}
+    rep = Report(
+        params_before=count_params(graph.traced.gm), params_after=count_params(gm),
+        groups=plan.groups, frozen=graph.frozen_reasons, notes=plan.notes, verify=state.verify,
+        timings=state.timings,
+        models=Models(graph.traced.gm, gm, state.inputs, state.pruned_inputs),
+        compensation=state.compensation, budget=state.budget)
+    gm.meta["fxprune"] = CompressResult(plan, rep, graph, np.asarray(state.removed), extra,
+                                        options=state.options)

@@ -1,0 +1,42 @@
+"""The one value the stages read and write: what was asked (``options``), what each stage
+produced so far, and the timings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from ..analyze.graph import ChannelGraph
+from ..budget import BudgetResult
+from ..frontends.base import Traced
+from ..importance.base import Importance
+from ..options import CompressOptions
+from ..passes.compensate import CompensationReport
+from ..plan import Plan
+from ..verify import VerifyResult
+
+
+@dataclass
+class State:
+    model: torch.nn.Module
+    inputs: tuple
+    options: CompressOptions
+    plugin: Importance
+    timings: dict[str, float] = field(default_factory=dict)
+    traced: Traced | None = None  # capture
+    frozen_nodes: frozenset[str] = frozenset()  # nodes the rewrite could not keep consistent
+    graph: ChannelGraph | None = None  # analyze
+    scores: np.ndarray | None = None  # score: per unit label of ``scored_on``
+    scored_on: ChannelGraph | None = None
+    plan: Plan | None = None  # select
+    budget: BudgetResult | None = None
+    removed: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    pruned: fx.GraphModule | None = None  # rewrite
+    pruned_inputs: tuple = ()
+    verify: VerifyResult | None = None  # verify
+    compensation: CompensationReport | None = None  # compensate
+    uncompensated: dict[str, Any] | None = None
