@@ -12,7 +12,7 @@ import fxprune
 
 DATA = Path(__file__).parent / "data"
 sys.path.insert(0, str(DATA))
-from make_legacy_artifacts import net  # noqa: E402
+from make_legacy_artifacts import example_input, net, runs  # noqa: E402
 
 NAMES = ["lstsq_safetensors", "steps2_torch", "flops_inputs"]
 
@@ -34,3 +34,19 @@ def test_legacy_artifact_replays_with_verify():
     path = DATA / "legacy" / "lstsq_safetensors"
     gm = fxprune.load(path, net, verify=True)
     assert gm.meta["fxprune"].report.verify.ok
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_same_run_saves_the_same_artifact(tmp_path, name):
+    """The current code, asked what the legacy run asked, writes the same plans, options,
+    input specs and tensors."""
+    kw, fmt = runs()[name]
+    gm = fxprune.compress(net(), example_input(), **kw)
+    fxprune.save(gm, tmp_path / name, tensor_format=fmt)
+    old = json.loads((DATA / "legacy" / name / "fxprune.json").read_text())
+    new = json.loads((tmp_path / name / "fxprune.json").read_text())
+    assert new == old
+    old_t = fxprune.deploy.artifact.read_tensors(DATA / "legacy" / name)
+    new_t = fxprune.deploy.artifact.read_tensors(tmp_path / name)
+    assert old_t.keys() == new_t.keys()
+    assert all(torch.equal(old_t[k], new_t[k]) for k in old_t)

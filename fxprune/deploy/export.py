@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..errors import FxPruneError, first_line
+from ..util import as_inputs, eval_mode, flat_tensors
 
 log = logging.getLogger(__name__)
 ONNX_ATOL = 1e-4  # max abs difference accepted between onnxruntime and PyTorch
@@ -33,25 +33,8 @@ class ExportCheck:
         return ", ".join(f"{k}: max |diff| {v:.2e}" for k, v in self.diffs.items())
 
 
-def _inputs(example_inputs) -> tuple:
-    return (example_inputs,) if isinstance(example_inputs, torch.Tensor) \
-        else tuple(example_inputs)
-
-
-def _flat(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, np.ndarray):  # onnxruntime's outputs
-        return [torch.from_numpy(out)]
-    if isinstance(out, dict):
-        return [t for v in out.values() for t in _flat(v)]
-    if isinstance(out, (list, tuple)):
-        return [t for v in out for t in _flat(v)]
-    return []
-
-
 def _max_diff(a: Any, b: Any) -> float:
-    fa, fb = _flat(a), _flat(b)
+    fa, fb = flat_tensors(a), flat_tensors(b)
     if len(fa) != len(fb):
         raise ExportError(f"the export returns {len(fb)} tensors, the module {len(fa)}")
     return max((float((x.detach().double() - torch.as_tensor(y).double()).abs().max())
@@ -59,13 +42,8 @@ def _max_diff(a: Any, b: Any) -> float:
 
 
 def _reference(module: torch.nn.Module, inputs: tuple) -> Any:
-    was = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            return module(*inputs)
-    finally:
-        module.train(was)
+    with torch.no_grad(), eval_mode(module):
+        return module(*inputs)
 
 
 def _batched(inputs: tuple, dynamic_batch: bool) -> tuple[tuple, Any, tuple]:
@@ -102,15 +80,12 @@ def export_pt2(module: torch.nn.Module, path: str | Path,
     """``torch.export`` the module (eval mode) to ``path`` (.pt2); returns the max abs
     difference of the reloaded program's output (on another batch size with
     ``dynamic_batch``, which makes dim 0 of every tensor input dynamic)."""
-    inputs, shapes, check = _batched(_inputs(example_inputs), dynamic_batch)
-    was = module.training
-    module.eval()
+    inputs, shapes, check = _batched(as_inputs(example_inputs), dynamic_batch)
     try:
-        program = torch.export.export(module, inputs, dynamic_shapes=shapes)
+        with eval_mode(module):
+            program = torch.export.export(module, inputs, dynamic_shapes=shapes)
     except Exception as exc:  # torch.export's constraint and tracing errors
         raise ExportError(f"torch.export failed: {first_line(exc)}") from exc
-    finally:
-        module.train(was)
     torch.export.save(program, str(path))
     reloaded = torch.export.load(str(path)).module()
     with torch.no_grad():
@@ -124,25 +99,22 @@ def export_onnx(module: torch.nn.Module, path: str | Path,
     """Export to ONNX (``dynamo`` selects torch's exporter) and, with ``check``, run it with
     onnxruntime on the example inputs (another batch size with ``dynamic_batch``); returns
     the max abs difference and raises :class:`ExportError` above ``atol``."""
-    inputs, shapes, check_inputs = _batched(_inputs(example_inputs), dynamic_batch)
-    was = module.training
-    module.eval()
+    inputs, shapes, check_inputs = _batched(as_inputs(example_inputs), dynamic_batch)
+    kw: dict[str, Any] = {"dynamo": dynamo}
+    if dynamo:
+        kw["verbose"] = False
+        kw["dynamic_shapes"] = shapes
+    elif shapes is not None:
+        kw["dynamic_axes"] = {f"input_{i}": {0: "batch"} for i, s in enumerate(shapes) if s}
+        kw["input_names"] = [f"input_{i}" for i in range(len(inputs))]
     try:
-        kw: dict[str, Any] = {"dynamo": dynamo}
-        if dynamo:
-            kw["verbose"] = False
-            kw["dynamic_shapes"] = shapes
-        elif shapes is not None:
-            kw["dynamic_axes"] = {f"input_{i}": {0: "batch"} for i, s in enumerate(shapes) if s}
-            kw["input_names"] = [f"input_{i}" for i in range(len(inputs))]
-        torch.onnx.export(module, inputs, str(path), **kw)
+        with eval_mode(module):
+            torch.onnx.export(module, inputs, str(path), **kw)
     except ImportError as exc:
         raise ExportError(f"ONNX export needs the onnx extras: pip install "
                           f"'fxprune[deploy]' ({exc})") from exc
     except Exception as exc:  # the exporter's many error types, as one with its first line
         raise ExportError(f"torch.onnx.export failed: {first_line(exc)}") from exc
-    finally:
-        module.train(was)
     if not check:
         return None
     try:
@@ -172,18 +144,14 @@ def fold_batchnorm(module: torch.nn.Module, example_inputs: Sequence[Any] | torc
     output scale. For exports only: the artifact keeps the BN layers its plans describe."""
     from torch.fx.experimental.optimization import fuse
 
-    inputs = _inputs(example_inputs)
+    inputs = as_inputs(example_inputs)
     reference = _reference(module, inputs)
-    was = module.training
-    module.eval()
-    try:
+    with eval_mode(module):
         folded = fuse(module, inplace=False)
-    finally:
-        module.train(was)
     folded.eval()
     with torch.no_grad():
         diff = _max_diff(reference, folded(*inputs))
-    scale = max((float(t.detach().abs().max()) for t in _flat(reference) if t.numel()),
+    scale = max((float(t.detach().abs().max()) for t in flat_tensors(reference) if t.numel()),
                 default=0.0)
     if diff > rtol * max(scale, 1e-12):
         raise ExportError(f"folding BatchNorm changed the output by {diff:.2e} "
@@ -194,15 +162,10 @@ def fold_batchnorm(module: torch.nn.Module, example_inputs: Sequence[Any] | torc
 def check_compile(module: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor
                   ) -> float:
     """``torch.compile`` the module and return the max abs difference of its output."""
-    inputs = _inputs(example_inputs)
+    inputs = as_inputs(example_inputs)
     compiled = torch.compile(module)
-    was = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            return _max_diff(module(*inputs), compiled(*inputs))
-    finally:
-        module.train(was)
+    with torch.no_grad(), eval_mode(module):
+        return _max_diff(module(*inputs), compiled(*inputs))
 
 
 def export_all(module: torch.nn.Module, out_dir: str | Path,

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import FxPruneError
+from ..util import as_inputs
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -88,9 +89,7 @@ def _from_file(path: Path, factory: str, kwargs: dict) -> tuple[torch.nn.Module,
     model, inputs = (made if isinstance(made, tuple) else (made, None))
     if not isinstance(model, torch.nn.Module):
         raise SpecError(f"{path}:{factory} returned {type(model).__name__}, not a Module")
-    if isinstance(inputs, torch.Tensor):
-        inputs = (inputs,)
-    return model.eval(), (tuple(inputs) if inputs is not None else None)
+    return model.eval(), (as_inputs(inputs) if inputs is not None else None)
 
 
 def parse_shape(text: str) -> tuple[int, ...]:

@@ -27,17 +27,28 @@ def probe() -> torch.Tensor:
     return torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(7))
 
 
-def main() -> None:
+def calibration() -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(1)
-    data = [torch.randn(4, 3, 12, 12, generator=g) for _ in range(3)]
-    x = data[0][:1]
-    runs = {
-        "lstsq_safetensors": (dict(ratio=0.4, calibration=data, compensate="lstsq"),
+    return [torch.randn(4, 3, 12, 12, generator=g) for _ in range(3)]
+
+
+def example_input() -> torch.Tensor:
+    return calibration()[0][:1]
+
+
+def runs() -> dict[str, tuple[dict, str]]:
+    """name -> (compress keyword arguments, tensor format)."""
+    return {
+        "lstsq_safetensors": (dict(ratio=0.4, calibration=calibration(), compensate="lstsq"),
                               "safetensors"),
         "steps2_torch": (dict(ratio=0.6, steps=2), "torch"),
         "flops_inputs": (dict(target_flops=0.5, prune_inputs=True), "safetensors"),
     }
-    for name, (kw, fmt) in runs.items():
+
+
+def main() -> None:
+    x = example_input()
+    for name, (kw, fmt) in runs().items():
         gm = fxprune.compress(net(), x, **kw)
         fxprune.save(gm, HERE / name, tensor_format=fmt)
         xin = gm.meta["fxprune"].report.models[-1][0]
