@@ -2,8 +2,9 @@
 
     python bench/zoo_check.py [--skip-later] [--timeout 600] [--out bench/results/zoo_fxprune.md]
 
-Prints one line per model and writes a markdown table. Used for the closing note of the core
-issue; the full fxprune-vs-Torch-Pruning harness is bench/ of the benchmark issue.
+Prints one line per model and writes a markdown table, with a hash of each model's plan (the
+removed positions): running it with ``PYTHONPATH`` pointing at another fxprune checkout and
+comparing the hashes shows whether a change altered any selection.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 
 CHILD = r"""
-import json, sys, time, torch, torchvision, fxprune
+import hashlib, json, sys, time, torch, torchvision, fxprune
 name, size = sys.argv[1], int(sys.argv[2])
 torch.manual_seed(0)
 kw = {"init_weights": False} if name in ("inception_v3", "googlenet") else {}
@@ -30,7 +31,9 @@ t0 = time.perf_counter()
 gm = fxprune.compress(model, x, ratio=0.5)
 dt = time.perf_counter() - t0
 r = gm.meta["fxprune"].report
-print(json.dumps({"ok": bool(r.verify.ok), "time": dt, "params": r.params_after / r.params_before,
+plan = json.dumps(gm.meta["fxprune"].plan.removed, sort_keys=True).encode()
+print(json.dumps({"plan": hashlib.sha1(plan).hexdigest()[:12],
+                  "ok": bool(r.verify.ok), "time": dt, "params": r.params_after / r.params_before,
                   "flops": r.flops_after / r.flops_before, "err": r.verify.max_abs_err,
                   "scale": r.verify.scale, "timings": r.timings,
                   "approx": r.verify.approx_deviation}))
@@ -74,7 +77,8 @@ def main() -> None:
         res["name"], res["wall"] = name, time.perf_counter() - t0
         rows.append(res)
         if res["ok"]:
-            print(f"{name:24s} ok   compress {res['time']:6.2f}s params {res['params']:.2f} "
+            print(f"{name:24s} ok   {res.get('plan', '-')} compress {res['time']:6.2f}s "
+                  f"params {res['params']:.2f} "
                   f"flops {res['flops']:.2f} rel.err {res['err'] / res['scale']:.1e}"
                   + (f" approx.dev {res['approx']:.2g}" if res.get("approx") is not None else ""),
                   flush=True)
@@ -85,14 +89,14 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = ["| model | result | compress s | params kept | FLOPs kept | LayerNorm groups: "
-             "relative deviation |", "|---|---|---|---|---|---|"]
+             "relative deviation | plan |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["ok"]:
             dev = f"{r['approx']:.2g}" if r.get("approx") is not None else "-"
             lines.append(f"| {r['name']} | exact | {r['time']:.2f} | {r['params']:.2f} | "
-                         f"{r['flops']:.2f} | {dev} |")
+                         f"{r['flops']:.2f} | {dev} | {r.get('plan', '-')} |")
         else:
-            lines.append(f"| {r['name']} | FAIL: {r.get('error', '')} | | | | |")
+            lines.append(f"| {r['name']} | FAIL: {r.get('error', '')} | | | | | |")
     lines.append(f"\n{ok}/{len(rows)} compress and verify (ratio 0.5, L2).")
     out.write_text("\n".join(lines) + "\n")
 

@@ -8,6 +8,7 @@ become one :class:`CompressOptions`; the pipeline reads nothing else. Errors are
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -189,9 +190,7 @@ class CompressOptions:
         function or plugin object (a user's plugin is recorded by name)."""
         name = self.importance if isinstance(self.importance, str) else getattr(
             self.importance, "name", "custom")
-        plain = object.__new__(CompressOptions)  # not re-validated: a record, not a request
-        for f in dataclasses.fields(self):
-            object.__setattr__(plain, f.name, getattr(self, f.name))
+        plain = copy.copy(self)  # not re-validated: a record of what ran, not a request
         plain._set("calibration", Calibration(None, self.calibration.max_batches,
                                               self.calibration.tap))
         plain._set("callback", None)

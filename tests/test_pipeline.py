@@ -184,3 +184,17 @@ def test_python_dash_m_runs_the_cli():
     out = subprocess.run([sys.executable, "-m", "fxprune", "--help"], capture_output=True,
                          text=True, check=False)
     assert out.returncode == 0 and "usage: fxprune" in out.stdout and "compress" in out.stdout
+
+
+def test_calibration_follows_declared_capabilities_not_rule_names(monkeypatch):
+    """A tap follows a producer through ops whose rule declares ``channelwise``; withdraw
+    the declaration from the elementwise rule and the tap stays at the conv."""
+    from fxprune.calibrate import tap_points
+    from fxprune.ops import table
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
+    graph = fxprune.analyze(model, X)
+    assert [t.node for t in tap_points(graph)][:1] == ["_1"]  # the ReLU's output
+    monkeypatch.setattr(type(table.MODULE_RULES[nn.ReLU]), "channelwise", False)
+    graph = fxprune.analyze(model, X)
+    assert [t.node for t in tap_points(graph)][:1] == ["_0"]  # the conv's own output
