@@ -24,11 +24,14 @@ class SelectionError(FxPruneError):
 
 
 class RewriteError(FxPruneError):
-    """The rewritten module does not have the shapes the plan promised."""
+    """The rewritten module does not have the shapes the plan promised. ``node`` names the
+    node to keep whole, or ``elements`` (element ids) the coupled channels to keep whole,
+    when compress retries without them."""
 
-    def __init__(self, message: str, node: str | None = None):
+    def __init__(self, message: str, node: str | None = None, elements=None):
         super().__init__(message)
         self.node = node
+        self.elements = elements
 
 
 class VerificationError(FxPruneError):

@@ -232,9 +232,21 @@ def _to_plan(graph: ChannelGraph, removed_units: np.ndarray, summary, notes) -> 
     dead[removed_units] = True
     plan = Plan(groups=summary, notes=notes)
     for g in graph.groups:
-        if not dead[g.units].any():
+        gone = g.units[dead[g.units]]
+        if not gone.size:
             continue
-        qual, dim = parse_slice(g.name)
-        ids = graph.params[qual].axes[dim].comp.ids
-        plan.removed[g.name] = np.flatnonzero(dead[graph.labels[ids]]).tolist()
+        # positions along the leader slice; a group merged by a constraint (a shuffle joining
+        # two producers) has units elsewhere too: name further slices until all are covered
+        covered = np.zeros(len(graph.labels), dtype=bool)
+        leader = g.name.partition("#")[0]
+        for member in [leader] + [m for m in g.members if m != leader]:
+            qual, dim = parse_slice(member)
+            labels = graph.labels[graph.params[qual].axes[dim].comp.ids.reshape(-1)]
+            new = dead[labels] & ~covered[labels]
+            if member == leader or new.any():
+                positions = np.flatnonzero(dead[labels]).tolist()
+                plan.removed[member] = sorted(set(plan.removed.get(member, [])) | set(positions))
+                covered[labels[dead[labels]]] = True
+            if covered[gone].all():
+                break
     return plan

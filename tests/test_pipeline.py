@@ -19,8 +19,9 @@ from fxprune.options import CompressOptions, SelectOptions
 
 
 class SizeShuffle(nn.Module):
-    """A shuffle whose group size is computed from ``c`` (c == groups): the rewrite cannot
-    follow a pruned ``c`` there, so it freezes that node and retries."""
+    """A shuffle whose channel count comes from ``numel()``, which fxprune does not trace to
+    a dim: the rewrite cannot follow a pruned ``c`` there, so it freezes that node and
+    retries."""
 
     def __init__(self):
         super().__init__()
@@ -30,7 +31,8 @@ class SizeShuffle(nn.Module):
 
     def forward(self, x):
         y = F.relu(self.a(x))
-        n, c, h, w = y.size()
+        n, _, h, w = y.size()
+        c = y.numel() // (n * h * w)
         y = y.view(n, 4, c // 4, h, w).transpose(1, 2).reshape(n, c, h, w)
         return self.c(F.relu(self.b(y)))
 

@@ -50,6 +50,14 @@ class NodeConsumer:
     ids: np.ndarray
 
 
+@dataclass(frozen=True)
+class DerivedSize:
+    """An int computed from the sizes of these dims (``C // heads``): it changes when any of
+    them shrinks, so a literal must replace it where it sizes a pruned tensor."""
+
+    axes: tuple[Axis, ...]
+
+
 @dataclass
 class EqualCount:
     """Every row of ``blocks`` (element ids) must keep the same number of positions."""
@@ -101,7 +109,8 @@ class AnalysisContext(NodeView):
         self.constraints: list[EqualCount] = []
         self.node: fx.Node | None = None
         self._subcomps: dict[tuple[int, int, int], Comp] = {}
-        self.sizes: dict[str, Any] = {}  # size-valued node -> the Axis (or list) it measures
+        self.sizes: dict[str, Any] = {}  # size-valued node -> Axis, list or DerivedSize
+        self.whole: set[str] = set()  # nodes whose every axis is frozen: nothing to rewrite
 
     def out_shape(self) -> tuple[int, ...]:
         return self.shape(self.node)
@@ -172,7 +181,7 @@ class AnalysisContext(NodeView):
         sub = self._subcomps.get(key)
         if sub is None:
             ids = np.take(comp.ids, index, axis=ld)
-            sub = self.space.new_comp(ids, ragged=comp.ragged - (1 if comp.ragged > ld else 0))
+            sub = self.new_comp(ids, ragged=comp.ragged - (1 if comp.ragged > ld else 0))
             sub.parent, sub.picked = comp, ld
             self._subcomps[key] = sub
         out = []
@@ -183,6 +192,10 @@ class AnalysisContext(NodeView):
                 other = Axis(sub, tuple(x - (1 if x > ld else 0) for x in other.ldims))
             out.append(other)
         return out
+
+    def new_comp(self, ids: np.ndarray, ragged: int | None = None) -> Comp:
+        """A multi-dim comp made by the current node (a reshape that splits a dim)."""
+        return self.space.new_comp(ids, ragged, self._where())
 
     def tie(self, a: Axis, b: Axis) -> None:
         if a.comp is b.comp and a.ldims == b.ldims:
@@ -209,6 +222,7 @@ class AnalysisContext(NodeView):
                     self.freeze(ax, reason, category)
         for ax in _flat_axes(self.axes.get(self.node.name)):
             self.freeze(ax, reason, category)
+        self.whole.add(self.node.name)
 
     def equal_count(self, blocks: np.ndarray, reason: str) -> None:
         if blocks.shape[0] > 1 and blocks.shape[1] > 0:

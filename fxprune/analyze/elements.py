@@ -26,6 +26,7 @@ class Comp:  # noqa: D101 - documented in the module docstring
     fixed: set[int] = field(default_factory=set)  # logical dims some op needs at full size
     parent: Comp | None = None  # a block picked out of a larger comp (its lines are the parent's)
     picked: int = 0  # the parent's logical dim that was indexed to make this comp
+    origin: str = ""  # the node whose reshape made it
 
     def root(self, ldim: int) -> tuple[Comp, int]:
         """The outermost comp and its logical dim that ``ldim`` of this comp is."""
@@ -102,8 +103,8 @@ class ElementSpace:
         self.n += count
         return ids
 
-    def new_comp(self, ids: np.ndarray, ragged: int | None = None) -> Comp:
-        comp = Comp(ids, ragged)
+    def new_comp(self, ids: np.ndarray, ragged: int | None = None, origin: str = "") -> Comp:
+        comp = Comp(ids, ragged, origin=origin)
         if comp.is_ragged:
             self.comps.append(comp)
         return comp

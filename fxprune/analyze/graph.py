@@ -62,9 +62,9 @@ class Group:
     """Units with the same members (e.g. one conv's output channels, or a residual stream)."""
 
     gid: int
-    name: str
+    name: str  # its leader slice (the first producer slice), made unique with "#gid"
     units: np.ndarray  # unit labels (root element ids), sorted by position on the leader axis
-    members: list[str]  # "param[dim]" slices touched
+    members: list[str]  # "param[dim]" slices touched, the leader first among the producers
     constraints: list[EqualCount] = field(default_factory=list)
     approximate: bool = False  # removing a unit changes other channels (LayerNorm statistics)
 
@@ -279,6 +279,10 @@ def _group(ctx: AnalysisContext, labels: np.ndarray, frozen: np.ndarray,
         groups.append(Group(gid, producers[0] if producers else member_names[0],
                             np.sort(members_units), member_names, cons_of.get(int(r), [])))
     groups.sort(key=lambda g: int(g.units[0]))
+    used: set[str] = set()
     for gid, g in enumerate(groups):
         g.gid = gid
+        if g.name in used:  # two groups led by one slice (halves of a split): tell apart
+            g.name = f"{g.name}#{gid}"
+        used.add(g.name)
     return groups

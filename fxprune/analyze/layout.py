@@ -12,6 +12,10 @@ import numpy as np
 from .elements import Axis
 
 
+class LayoutError(ValueError):
+    """A selection that a reshaped dim cannot hold (lines not in whole blocks, or uneven)."""
+
+
 def ragged_layout(comp, mask: np.ndarray) -> tuple[list[np.ndarray], int]:
     """Kept coordinates of every block dim and the common per-line count of a ragged comp."""
     r = comp.ragged
@@ -28,10 +32,10 @@ def ragged_layout(comp, mask: np.ndarray) -> tuple[list[np.ndarray], int]:
         shape[d] = kept.size
         product = product & kept.reshape(shape)
     if not np.array_equal(product, alive):
-        raise ValueError("removed lines of a reshaped dim do not form whole blocks")
+        raise LayoutError("removed lines of a reshaped dim do not form whole blocks")
     live = counts[alive]
     if live.size and not (live == live[0]).all():
-        raise ValueError("equal-count constraint violated on a reshaped dim")
+        raise LayoutError("equal-count constraint violated on a reshaped dim")
     return per_dim, int(live[0]) if live.size else 0
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from .context import NodeView
+from .context import DerivedSize, NodeView
 from .elements import Axis
 from .graph import ChannelGraph
 from .layout import kept_positions, new_size
@@ -37,8 +37,11 @@ class RewriteContext(NodeView):
         return tuple(new_size(ax, self.keep) for ax in self.axes_of(arg))
 
     def size_changes(self, size_node: fx.Node, want: int) -> bool:
-        """Does a size-valued node measure a dim whose pruned size is not ``want``?"""
+        """Does a size-valued node measure a dim whose pruned size is not ``want``, or is it
+        computed from a dim that shrinks?"""
         src = self.graph.ctx.sizes.get(size_node.name)
+        if isinstance(src, DerivedSize):
+            return any(new_size(ax, self.keep) != ax.size for ax in src.axes)
         return isinstance(src, Axis) and new_size(src, self.keep) != want
 
     def positions(self, axis: Axis) -> np.ndarray:

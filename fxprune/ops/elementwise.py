@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch.fx as fx
 
-from ..analyze.context import AnalysisContext
-from ..analyze.elements import Category, plain_axis
+from ..analyze.context import AnalysisContext, DerivedSize
+from ..analyze.elements import Axis, Category, plain_axis
 from ..frontends.base import TensorSpec
 from .base import Rule
 
@@ -115,6 +115,12 @@ class Broadcast(Rule):
     channelwise = True
 
     def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        if not ctx.is_tensor(node):  # arithmetic on sizes: remember what it is computed from
+            ctx.set_out(None)
+            deps = _size_sources(ctx, list(node.args) + list(node.kwargs.values()))
+            if deps:
+                ctx.sizes[node.name] = DerivedSize(tuple(deps))
+            return
         out_shape = ctx.out_shape()
         rank = len(out_shape)
         out: list = [None] * rank
@@ -135,6 +141,20 @@ class Broadcast(Rule):
             if out[j] is None:  # every operand broadcasts here (or is a scalar)
                 out[j] = ctx.fresh((out_shape[j],))[0]
         ctx.set_out(out)
+
+
+def _size_sources(ctx: AnalysisContext, args: list) -> list[Axis]:
+    """The dims whose sizes the int arguments measure or were computed from."""
+    out: list[Axis] = []
+    for a in args:
+        src = ctx.sizes.get(a.name) if isinstance(a, fx.Node) else None
+        if isinstance(src, Axis):
+            out.append(src)
+        elif isinstance(src, DerivedSize):
+            out.extend(src.axes)
+        elif isinstance(src, list):
+            out.extend(x for x in src if isinstance(x, Axis))
+    return out
 
 
 class GLU(Rule):

@@ -88,7 +88,7 @@ class Reshape(Rule):
                 out[gj[0]] = merged
                 continue
             ids = ctx.ids(merged)
-            comp = ctx.space.new_comp(ids.reshape([s_out[j] for j in gj]), ragged=len(gj) - 1)
+            comp = ctx.new_comp(ids.reshape([s_out[j] for j in gj]), ragged=len(gj) - 1)
             for t, j in enumerate(gj):
                 out[j] = Axis(comp, (t,))
         ctx.set_out(out)
@@ -242,7 +242,7 @@ class ChannelShuffle(Rule):
         else:
             g = int(arg(node, 1, "groups"))
         ids = ctx.ids(xa[1])
-        comp = ctx.space.new_comp(ids.reshape(g, -1), ragged=1)
+        comp = ctx.new_comp(ids.reshape(g, -1), ragged=1)
         out = list(xa)
         out[1] = Axis(comp, (1, 0))
         ctx.set_out(out)

@@ -58,7 +58,8 @@ _UNARY_METHODS = (
     "clip contiguous clone detach float double half bfloat16 to type_as square rsqrt erf "
     "silu hardswish"
 ).split()
-_BINARY = (operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd,
+_BINARY = (operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv,
+           operator.mod, operator.iadd,
            operator.imul, operator.isub, torch.add, torch.sub, torch.mul, torch.div,
            torch.true_divide, torch.maximum, torch.minimum, torch.where, operator.gt,
            operator.lt, operator.ge, operator.le, operator.eq, operator.ne, operator.and_,

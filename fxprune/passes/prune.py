@@ -12,7 +12,7 @@ import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from ..analyze.graph import ChannelGraph
-from ..analyze.layout import kept_positions
+from ..analyze.layout import LayoutError, kept_positions, ragged_layout
 from ..analyze.rewrite import RewriteContext
 from ..errors import RewriteError
 from ..frontends.base import TensorSpec, record
@@ -42,17 +42,19 @@ class PruneChannels(PassBase):
     def call(self, graph_module: fx.GraphModule) -> PassResult:
         tensors = _tensors_of(graph_module, self.graph)
         keep = self.graph.keep_mask(self.removed_units)
+        check_layouts(self.graph, keep)
         sliced = _sliced_params(self.graph, keep, tensors)
         # a structural copy that takes the sliced tensors directly: no parameter is copied
         # twice, and the GraphModule is compiled once, after the rules have rewritten it
         root = copy_modules(graph_module, _memo(tensors, sliced))
         new_graph = copy.deepcopy(graph_module.graph)
         rctx = RewriteContext(self.graph, keep, root, tensors)
+        whole = self.graph.ctx.whole
         for node in new_graph.nodes:
             rule = self.graph.rules.get(node.name)
-            if rule is None or rule.fallback or node.op not in (
+            if rule is None or rule.fallback or node.name in whole or node.op not in (
                     "call_module", "call_function", "call_method"):
-                continue  # Unknown (or a rule that failed): its channels are kept whole
+                continue  # Unknown, or every channel it touches kept: nothing to rewrite
             try:
                 rule.rewrite(rctx, node)
             except Exception as exc:  # noqa: BLE001 - the fallback freezes this node
@@ -72,6 +74,24 @@ class PruneChannels(PassBase):
         if self.check:
             check_shapes(rctx, new_gm, self.removed_units)
         return PassResult(new_gm, modified)
+
+
+def check_layouts(graph: ChannelGraph, keep: np.ndarray) -> None:
+    """Every reshaped (multi-dim) comp must lose whole blocks with equal counts per line; the
+    comps that would not are named all at once, so one retry keeps them all whole."""
+    bad = []
+    for comp in graph.ctx.space.comps:
+        if comp.parent is None and comp.is_ragged:
+            try:
+                ragged_layout(comp, keep[comp.ids])
+            except LayoutError as exc:
+                bad.append((comp, exc))
+    if bad:
+        where = sorted({c.origin or "?" for c, _ in bad})
+        raise RewriteError(f"{len(bad)} reshaped dim(s) cannot be pruned as selected "
+                           f"({bad[0][1]}; made at {', '.join(where[:5])})",
+                           node=bad[0][0].origin or None,
+                           elements=np.concatenate([c.ids.reshape(-1) for c, _ in bad]))
 
 
 def _tensors_of(gm: fx.GraphModule, graph: ChannelGraph) -> dict[str, torch.Tensor]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
+
 from ..analyze.context import AnalysisContext
 from ..analyze.elements import Category
 from ..analyze.graph import ChannelGraph, NodeRule, solve
@@ -18,9 +20,12 @@ log = logging.getLogger(__name__)
 
 
 def build(traced: Traced, freeze_nodes: frozenset[str] = frozenset(),
-          prune_inputs: bool = False) -> ChannelGraph:
-    """The channel graph of ``traced``. ``freeze_nodes`` keep all their channels (the
-    rewrite's fallback); ``prune_inputs`` leaves the inputs' feature axis prunable."""
+          prune_inputs: bool = False, freeze_elements: np.ndarray | None = None
+          ) -> ChannelGraph:
+    """The channel graph of ``traced``. ``freeze_nodes`` keep all their channels and
+    ``freeze_elements`` (element ids of an earlier build: allocation is deterministic) stay
+    whole - the rewrite's fallbacks; ``prune_inputs`` leaves the inputs' feature axis
+    prunable."""
     ctx = AnalysisContext(traced, prune_inputs)
     rules: dict[str, NodeRule] = {}
     for node in traced.gm.graph.nodes:
@@ -36,4 +41,7 @@ def build(traced: Traced, freeze_nodes: frozenset[str] = frozenset(),
         if node.name in freeze_nodes:
             ctx.freeze_all("the rewrite could not keep this node consistent", Category.REWRITE)
         rules[node.name] = rule
+    if freeze_elements is not None and freeze_elements.size:
+        ctx.space.freeze(freeze_elements, "a reshaped dim the rewrite could not lay out as "
+                         "selected", "", Category.REWRITE)
     return solve(ctx, rules)

@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.fx as fx
 
@@ -15,7 +16,7 @@ from ..errors import RewriteError
 from ..options import CompressOptions
 from ..util import as_inputs
 from . import stages
-from .state import State
+from .state import Fallback, State
 from .steps import run_steps
 
 log = logging.getLogger(__name__)
@@ -45,13 +46,31 @@ def _until_rewritten(state: State) -> None:
             _timed(state, "rewrite", stages.rewrite)
             return
         except RewriteError as exc:
-            # never a wrong model: the node keeps its channels and the report says so
-            if state.options.select.plan is not None or exc.node is None or \
-                    exc.node in state.frozen_nodes:
+            # never a wrong model: what failed keeps its channels and the report says so
+            if state.options.select.plan is not None or not _keep_whole(state, exc):
                 raise
-            log.info("rewrite failed at %s (%s); keeping its channels", exc.node, exc)
-            state.frozen_nodes = state.frozen_nodes | {exc.node}
     raise RewriteError(f"rewrite failed after freezing {sorted(state.frozen_nodes)}")
+
+
+def _keep_whole(state: State, exc: RewriteError) -> bool:
+    """Freeze what a rewrite failure names (reshaped dims, else its node) for the next try;
+    False when that is frozen already (no progress: the error stands)."""
+    rule = state.graph.rules.get(exc.node) if exc.node else None
+    fallback = Fallback(exc.node, rule.name if rule is not None else None, str(exc))
+    if exc.elements is not None:
+        old = state.frozen_elements
+        new = np.unique(exc.elements if old is None else np.concatenate([old, exc.elements]))
+        if old is not None and new.size == old.size:
+            return False
+        state.frozen_elements = new
+    elif exc.node is None or exc.node in state.frozen_nodes:
+        return False
+    else:
+        state.frozen_nodes = state.frozen_nodes | {exc.node}
+    log.warning("fxprune: the rewrite failed at %s; keeping those channels and retrying",
+                fallback)
+    state.fallbacks.append(fallback)
+    return True
 
 
 def _timed(state: State, name: str, stage: Callable[[State], None]) -> None:

@@ -31,7 +31,8 @@ def capture(state: State) -> None:
 
 
 def analyze(state: State) -> None:
-    state.graph = build(state.traced, state.frozen_nodes, state.options.inputs.prune_inputs)
+    state.graph = build(state.traced, state.frozen_nodes, state.options.inputs.prune_inputs,
+                        state.frozen_elements)
 
 
 def score(state: State) -> None:
@@ -125,7 +126,7 @@ def report(state: State) -> None:
     rep = Report(
         params_before=count_params(graph.traced.gm), params_after=count_params(gm),
         groups=plan.groups, frozen=graph.frozen_reasons, notes=plan.notes, verify=state.verify,
-        timings=state.timings,
+        timings=state.timings, fallbacks=[str(f) for f in state.fallbacks],
         models=Models(graph.traced.gm, gm, state.inputs, state.pruned_inputs),
         compensation=state.compensation, budget=state.budget)
     gm.meta["fxprune"] = CompressResult(plan, rep, graph, np.asarray(state.removed), extra,

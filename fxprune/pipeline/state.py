@@ -20,6 +20,19 @@ from ..plan import Plan
 from ..verify import VerifyResult
 
 
+@dataclass(frozen=True)
+class Fallback:
+    """One freeze-and-retry: what failed where, and what was kept whole because of it."""
+
+    node: str | None
+    rule: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.node} ({self.rule})" if self.node else "-"
+        return f"{where}: {self.reason}"
+
+
 @dataclass
 class State:
     model: torch.nn.Module
@@ -29,6 +42,8 @@ class State:
     timings: dict[str, float] = field(default_factory=dict)
     traced: Traced | None = None  # capture
     frozen_nodes: frozenset[str] = frozenset()  # nodes the rewrite could not keep consistent
+    frozen_elements: np.ndarray | None = None  # reshaped dims it could not lay out
+    fallbacks: list[Fallback] = field(default_factory=list)  # each retry, for the report
     graph: ChannelGraph | None = None  # analyze
     scores: np.ndarray | None = None  # score: per unit label of ``scored_on``
     scored_on: ChannelGraph | None = None

@@ -41,6 +41,7 @@ class Report:
     models: Models | None = field(default=None, repr=False)
     compensation: CompensationReport | None = None  # when compress(compensate=...) ran
     budget: BudgetResult | None = None  # when compress(target_flops/params=...) ran
+    fallbacks: list[str] = field(default_factory=list)  # rewrite failures kept whole, retried
 
     @cached_property
     def flops_before(self) -> int:
@@ -70,7 +71,8 @@ class Report:
             "verify": str(self.verify) if self.verify is not None else None,
             "verify_ok": self.verify.ok if self.verify is not None else None,
             "budget": str(self.budget) if self.budget is not None else None,
-            "timings": self.timings, "layers": as_json(self.layers()),
+            "timings": self.timings, "fallbacks": self.fallbacks,
+            "layers": as_json(self.layers()),
         }
 
     def plot(self, path) -> Any:
@@ -91,6 +93,7 @@ class Report:
         if self.frozen:
             lines.append(f"frozen: {len(self.frozen)} reason(s), e.g. "
                          + "; ".join(f"{f.node}: {f.message}" for f in self.frozen[:3]))
+        lines.extend(f"fallback: {f}" for f in self.fallbacks)
         if self.budget is not None:
             lines.append(f"budget: {self.budget}")
         if self.compensation is not None:
