@@ -13,6 +13,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +33,7 @@ gm = fxprune.compress(model, x, ratio=0.5)
 dt = time.perf_counter() - t0
 r = gm.meta["fxprune"].report
 plan = json.dumps(gm.meta["fxprune"].plan.removed, sort_keys=True).encode()
-print(json.dumps({"plan": hashlib.sha1(plan).hexdigest()[:12],
+print(json.dumps({"plan": hashlib.sha1(plan).hexdigest()[:12], "where": fxprune.__file__,
                   "ok": bool(r.verify.ok), "time": dt, "params": r.params_after / r.params_before,
                   "flops": r.flops_after / r.flops_before, "err": r.verify.max_abs_err,
                   "scale": r.verify.scale, "timings": r.timings,
@@ -66,8 +67,11 @@ def main() -> None:
     for name in names:
         t0 = time.perf_counter()
         try:
+            # cwd elsewhere: "-c" puts the cwd first on sys.path, which would shadow a
+            # PYTHONPATH pointing at another fxprune checkout
             proc = subprocess.run([sys.executable, "-c", CHILD, name, str(input_size(name))],
-                                  capture_output=True, text=True, timeout=args.timeout)
+                                  capture_output=True, text=True, timeout=args.timeout,
+                                  cwd=tempfile.gettempdir())
             if proc.returncode == 0:
                 res = json.loads(proc.stdout.strip().splitlines()[-1])
             else:
@@ -85,7 +89,8 @@ def main() -> None:
         else:
             print(f"{name:24s} FAIL {res.get('error')}", flush=True)
     ok = sum(r["ok"] for r in rows)
-    print(f"{ok}/{len(rows)} compress and verify")
+    print(f"{ok}/{len(rows)} compress and verify (fxprune from "
+          f"{next((r['where'] for r in rows if 'where' in r), '?')})")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = ["| model | result | compress s | params kept | FLOPs kept | LayerNorm groups: "

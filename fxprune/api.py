@@ -11,6 +11,7 @@ import torch.fx as fx
 
 from . import frontends
 from .analyze.graph import ChannelGraph
+from .errors import contained
 from .frontends.base import Traced
 from .importance.base import Calibration, Importance
 from .options import (
@@ -27,23 +28,29 @@ from .plan import Plan
 from .util import as_inputs
 
 
+@contained("fxprune.trace")
 def trace(model: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor, *,
           leaf_modules: Iterable[type | str] = (), concrete_args: dict[str, Any] | None = None,
-          frontend: str = "fx") -> Traced:
-    """Capture ``model`` as a graph with every node's example value (the first stage)."""
-    options = TraceOptions(frontend, tuple(leaf_modules), concrete_args)
+          frontend: str = "fx", share: bool = True) -> Traced:
+    """Capture ``model`` as a graph with every node's example value (the first stage). With
+    ``share`` (default) the graph runs the caller's own modules and parameters; ``compress``
+    always captures a copy."""
+    options = TraceOptions(frontend, tuple(leaf_modules), concrete_args, share)
     return frontends.get(frontend).capture(model, as_inputs(example_inputs), options)
 
 
+@contained("fxprune.analyze")
 def analyze(model: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor, *,
             leaf_modules: Iterable[type | str] = (),
             concrete_args: dict[str, Any] | None = None,
             prune_inputs: bool = False) -> ChannelGraph:
-    """Trace ``model`` and build its channel graph; ``print()`` it to see the groups."""
+    """Trace ``model`` and build its channel graph; ``print()`` it to see the groups. The
+    graph reads the caller's live parameters (what :mod:`fxprune.regularize` trains)."""
     traced = trace(model, example_inputs, leaf_modules=leaf_modules, concrete_args=concrete_args)
     return build(traced, prune_inputs=prune_inputs)
 
 
+@contained("fxprune.compress")
 def compress(
     model: torch.nn.Module,
     example_inputs: Sequence[Any] | torch.Tensor,

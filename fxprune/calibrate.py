@@ -17,6 +17,7 @@ import torch.fx as fx
 
 from .analyze.elements import axis_ids
 from .analyze.graph import ChannelGraph
+from .errors import OptionError
 from .util import eval_mode
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def tap_points(graph: ChannelGraph, where: str = "post_act") -> list[Tap]:
     ``"producer"`` observes each producer's own output.
     """
     if where not in TAP_POINTS:
-        raise ValueError(f"tap point {where!r}: use one of {', '.join(TAP_POINTS)}")
+        raise OptionError(f"tap point {where!r}: use one of {', '.join(TAP_POINTS)}")
     taps: dict[tuple[str, int], Tap] = {}
     for node in graph.traced.gm.graph.nodes:
         rule = graph.rules.get(node.name)
@@ -117,7 +118,7 @@ def split_item(item: Any, n_inputs: int) -> tuple[tuple, Any]:
     if isinstance(item, (tuple, list)):
         inputs = tuple(item[:n_inputs])
         return inputs, (item[n_inputs] if len(item) > n_inputs else None)
-    raise TypeError(f"calibration items must be tensors or (inputs..., target) tuples, got "
+    raise OptionError(f"calibration items must be tensors or (inputs..., target) tuples, got "
                     f"{type(item).__name__}")
 
 
@@ -144,7 +145,7 @@ def batches(data: Iterable, n_inputs: int, max_batches: int | None) -> Iterable[
     if bar is not None:
         bar.close()
     if count == 0:
-        raise ValueError("calibration data yielded no batch")
+        raise OptionError("calibration data yielded no batch")
 
 
 def _progress(total: int | None):

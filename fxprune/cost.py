@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .analyze.graph import ChannelGraph
+from .errors import OptionError
 
 BUDGETS = ("params", "flops")
 
@@ -24,7 +25,7 @@ class CostModel:
     def __init__(self, graph: ChannelGraph, local: np.ndarray | None = None,
                  budget: str = "flops"):
         if budget not in BUDGETS:
-            raise ValueError(f"budget {budget!r}: use one of {BUDGETS}")
+            raise OptionError(f"budget {budget!r}: use one of {BUDGETS}")
         if local is None:  # the mask is over every unit label of the graph
             local = np.arange(len(graph.labels), dtype=np.int64)
         weights = _flop_weights(graph) if budget == "flops" else None

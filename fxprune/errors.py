@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
 
 class FxPruneError(RuntimeError):
     """Base class of every error fxprune raises on purpose."""
@@ -36,6 +42,39 @@ class RewriteError(FxPruneError):
 
 class VerificationError(FxPruneError):
     """The pruned model does not match the masked original: fxprune refuses to return it."""
+
+
+class StageError(FxPruneError):
+    """An error fxprune did not anticipate, contained: ``stage`` names where it happened
+    (a stage of the pipeline, or a public function) and the message what to try."""
+
+    def __init__(self, message: str, stage: str | None = None):
+        super().__init__(message)
+        self.stage = stage
+
+
+def contained(what: str, hint: str = "") -> Callable[[F], F]:
+    """Decorate a public entry point: anything but an :class:`FxPruneError` leaving it is
+    re-raised as a :class:`StageError` naming ``what`` failed (the cause stays chained)."""
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except FxPruneError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - contained, the cause chained
+                raise StageError(f"{what} failed: {first_line(exc)}. "
+                                 f"{hint or BUG_HINT}", what) from exc
+        return inner  # type: ignore[return-value]
+
+    return wrap
+
+
+BUG_HINT = ("This is a bug in fxprune or in a plugin or callback you passed: please report "
+            "it with the model; ignore=[...] the layers involved, or leaf_modules=[...] for "
+            "the code that fails, may work around it.")
 
 
 def first_line(exc: BaseException) -> str:

@@ -13,7 +13,7 @@ import torch
 import torch.fx as fx
 
 from .analyze.graph import ChannelGraph
-from .errors import OptionError, VerificationError
+from .errors import OptionError, VerificationError, contained
 from .passes.compensate import restore
 from .passes.inputs import inputs_for
 from .passes.prune import PruneChannels
@@ -174,6 +174,7 @@ def check(graph: ChannelGraph, removed: np.ndarray, pruned: fx.GraphModule,
     return exact, deviation
 
 
+@contained("fxprune.verify")
 def verify(pruned: fx.GraphModule, example_inputs: Any = None, *,
            dtype: torch.dtype = torch.float64, tol: float | None = None,
            raise_on_mismatch: bool = False) -> VerifyResult:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from ..errors import FxPruneError, OptionError, first_line
+from ..errors import FxPruneError, OptionError, contained, first_line
 from ..options import (
     Calibration,
     CompensationOptions,
@@ -66,6 +66,7 @@ def _leaf_names(leaf_modules: Sequence) -> list[str]:
     return out
 
 
+@contained("fxprune.save")
 def save(gm: fx.GraphModule, path: str | Path, *, example_inputs: Sequence[Any] | None = None,
          spec: str | None = None, tensor_format: str | None = None) -> Path:
     """Write ``gm`` (a result of :func:`fxprune.compress`) to the directory ``path``: the
@@ -207,6 +208,7 @@ def _registry_factory(spec: str | None) -> Callable[[], torch.nn.Module]:
     return lambda: model_from_spec(spec)[0]
 
 
+@contained("fxprune.apply_plan")
 def apply_plan(model: torch.nn.Module, plan: Plan | Sequence[Plan],
                example_inputs: Sequence[Any] | torch.Tensor, *, verify: bool = True,
                options: CompressOptions | None = None) -> fx.GraphModule:
@@ -231,6 +233,8 @@ def apply_plan(model: torch.nn.Module, plan: Plan | Sequence[Plan],
     return current
 
 
+@contained("fxprune.load", "Check that the model factory builds the model the artifact "
+           "was saved from (same class and constructor options).")
 def load(path: str | Path, model_factory: Callable[[], torch.nn.Module] | None = None, *,
          example_inputs: Sequence[Any] | None = None, verify: bool = False
          ) -> fx.GraphModule:

@@ -93,11 +93,14 @@ def record(gm: fx.GraphModule, inputs: tuple) -> dict[str, Any]:
 @dataclass(frozen=True)
 class TraceOptions:
     """How the model is captured. ``frontend`` names a module of :mod:`fxprune.frontends`;
-    ``leaf_modules`` (types or qualified names) and ``concrete_args`` go to the fx tracer."""
+    ``leaf_modules`` (types or qualified names) and ``concrete_args`` go to the fx tracer.
+    The graph owns a copy of the model's modules and tensors unless ``share`` (the
+    regularisers train the caller's own parameters through it)."""
 
     frontend: str = "fx"
     leaf_modules: tuple[type | str, ...] = ()
     concrete_args: dict[str, Any] | None = None
+    share: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "leaf_modules", tuple(self.leaf_modules))

@@ -10,6 +10,7 @@ import traceback
 import torch
 import torch.fx as fx
 
+from ..clone import owned_copy
 from ..errors import TraceError
 from ..lower import lower, lower_shaped
 from ..lower.transformer import TRACEABLE, traceable_forward
@@ -65,6 +66,8 @@ def capture(model: torch.nn.Module, inputs: tuple, options: TraceOptions) -> Tra
     leaf_types = tuple(x for x in leaves if isinstance(x, type))
     leaf_names = frozenset(x for x in leaves if isinstance(x, str))
     concrete_args = options.concrete_args
+    if not options.share:  # nothing fxprune runs or keeps may reach the caller's model
+        model = owned_copy(model)
     tracer = _Tracer(leaf_types, leaf_names)
     try:
         graph = tracer.trace(model, concrete_args=concrete_args)

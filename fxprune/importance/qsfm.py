@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..calibrate import Tap, run_taps, tap_points
+from ..errors import OptionError
 from .activation import as_maps
 from .base import Calibration, Importance, register, require
 from .magnitude import GroupMagnitude
@@ -129,7 +130,7 @@ class QSFM(Importance):
 
     def __init__(self, similarity: str = "cosine", merge: bool = False):
         if similarity not in ("cosine", "ssim", "psnr"):
-            raise ValueError(f"similarity {similarity!r}: use cosine, ssim or psnr")
+            raise OptionError(f"similarity {similarity!r}: use cosine, ssim or psnr")
         self.similarity = similarity
         self.compensate = "merge" if merge else None
         self.name = "qsfm_merge" if merge else "qsfm"

@@ -24,8 +24,9 @@ class Taylor(Importance):
     def scores(self, graph, calib: Calibration | None = None) -> np.ndarray:
         calib = require(self, calib)
         gm = graph.traced.gm
-        names = [q for q, t in graph.traced.tensors.items()
-                 if isinstance(t, torch.nn.Parameter) and t.is_floating_point()]
+        names = [q for q, t in graph.traced.tensors.items()  # frozen ones have no gradient
+                 if isinstance(t, torch.nn.Parameter) and t.is_floating_point()
+                 and t.requires_grad]
         params = [graph.traced.tensors[q] for q in names]
         total, count = np.zeros(len(graph.labels)), 0
         with eval_mode(gm):

@@ -14,6 +14,7 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 from ..analyze.graph import ChannelGraph
 from ..analyze.layout import LayoutError, kept_positions, ragged_layout
 from ..analyze.rewrite import RewriteContext
+from ..clone import copy_modules
 from ..errors import RewriteError
 from ..frontends.base import TensorSpec, record
 from .inputs import MARK, input_map, inputs_for, keep_signature
@@ -140,48 +141,6 @@ def _memo(tensors: dict[str, torch.Tensor], sliced: dict[str, torch.Tensor]) -> 
         memo[id(t)] = torch.nn.Parameter(new, requires_grad=t.requires_grad) if isinstance(
             t, torch.nn.Parameter) else new
     return memo
-
-
-_ATOMS = (int, float, bool, str, type(None))
-
-
-def copy_modules(module: torch.nn.Module, memo: dict[int, object],
-                 top: bool = True) -> torch.nn.Module:
-    """A copy of ``module``'s tree whose tensors come from ``memo``.
-
-    Much cheaper than ``copy.deepcopy``: atoms are shared, empty hook dicts are recreated,
-    and only other attributes (rare) go through deepcopy with the same memo. A GraphModule
-    becomes a plain Module holding its children and tensors; the caller compiles a new
-    GraphModule on it.
-    """
-    if id(module) in memo:
-        return memo[id(module)]
-    if isinstance(module, fx.GraphModule) and not top:  # a nested one keeps its own code
-        return copy.deepcopy(module, memo)
-    if isinstance(module, fx.GraphModule):
-        new = torch.nn.Module()
-        items = {k: module.__dict__[k] for k in ("_parameters", "_buffers", "_modules",
-                                                 "_non_persistent_buffers_set")}
-    else:
-        new = module.__class__.__new__(module.__class__)
-        items = module.__dict__
-    memo[id(module)] = new
-    state = {}
-    for key, value in items.items():
-        if key in ("_parameters", "_buffers"):
-            state[key] = type(value)(
-                (k, None if v is None else memo[id(v)]) for k, v in value.items())
-        elif key == "_modules":
-            state[key] = type(value)(
-                (k, None if v is None else copy_modules(v, memo, False)) for k, v in value.items())
-        elif isinstance(value, _ATOMS):
-            state[key] = value
-        elif isinstance(value, dict) and not value:
-            state[key] = value.copy()
-        else:
-            state[key] = copy.deepcopy(value, memo)
-    new.__dict__.update(state)
-    return new
 
 
 def _assign(gm: torch.nn.Module, qual: str, tensor: torch.Tensor) -> None:

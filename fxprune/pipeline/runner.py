@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from ..errors import RewriteError
+from ..errors import BUG_HINT, FxPruneError, RewriteError, StageError, first_line
 from ..options import CompressOptions
 from ..util import as_inputs
 from . import stages
@@ -77,5 +77,11 @@ def _timed(state: State, name: str, stage: Callable[[State], None]) -> None:
     t0 = time.perf_counter()
     try:
         stage(state)
+    except FxPruneError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - contained: one error type leaves fxprune
+        what = f"the {name} stage" + (f" (importance {state.plugin.name!r})"
+                                      if name == "score" else "")
+        raise StageError(f"{what} failed: {first_line(exc)}. {BUG_HINT}", name) from exc
     finally:
         state.timings[name] = state.timings.get(name, 0.0) + time.perf_counter() - t0

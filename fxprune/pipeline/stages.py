@@ -5,13 +5,16 @@ own; the runner calls them, times them and owns the retry policy."""
 from __future__ import annotations
 
 import dataclasses
+import glob
 import logging
 
 import numpy as np
+import torch
 
 from .. import frontends
 from ..budget import solve as solve_budget
 from ..errors import VerificationError
+from ..options import SelectOptions
 from ..passes.compensate import compensate as refit_consumers
 from ..passes.inputs import input_map, inputs_for
 from ..passes.prune import PruneChannels
@@ -58,16 +61,28 @@ def carry_scores(old, new, scores: np.ndarray) -> np.ndarray:
 
 def select(state: State) -> None:
     opts, graph = state.options, state.graph
-    if opts.select.plan is not None:
-        state.plan = dataclasses.replace(opts.select.plan)
+    chosen = _by_name(opts.select, state.model)
+    if chosen.plan is not None:
+        state.plan = dataclasses.replace(chosen.plan)
     elif opts.budget is None:
-        state.plan = select_units(graph, state.scores, opts.select, opts.attention)
+        state.plan = select_units(graph, state.scores, chosen, opts.attention)
     else:
         dense = count_cost(state.traced.gm, state.inputs, opts.budget.kind)
         state.plan, state.budget = solve_budget(graph, state.scores, opts.budget, dense,
                                                 lambda plan: _cost_of(state, plan),
-                                                opts.select, opts.attention)
+                                                chosen, opts.attention)
     state.removed = state.plan.removed_units(graph)
+
+
+def _by_name(options: SelectOptions, model: torch.nn.Module) -> SelectOptions:
+    """``ignore=[model.layer4]`` names a module of the caller's model; the graph holds a copy,
+    so the module is ignored by its qualified name."""
+    if not any(isinstance(item, torch.nn.Module) for item in options.ignore):
+        return options
+    names = {id(m): n for n, m in model.named_modules()}
+    ignore = tuple(glob.escape(names[id(item)]) if isinstance(item, torch.nn.Module)
+                   and id(item) in names else item for item in options.ignore)
+    return dataclasses.replace(options, ignore=ignore)
 
 
 def _cost_of(state: State, plan: Plan) -> float:

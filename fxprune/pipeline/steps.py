@@ -10,11 +10,22 @@ import torch
 import torch.fx as fx
 
 from ..budget import BudgetResult
+from ..errors import FxPruneError, StageError, first_line
 from ..options import Budget, CompressOptions
 from ..plan import Plan
 from ..report import Models, count_cost, count_params
 
 Once = Callable[[torch.nn.Module, tuple, CompressOptions], fx.GraphModule]
+
+
+def _call_back(callback: Callable, gm: fx.GraphModule, step: int) -> torch.nn.Module:
+    try:
+        return callback(gm, step) or gm
+    except FxPruneError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's callback: named, chained
+        raise StageError(f"the callback raised after step {step}: {first_line(exc)}",
+                         "callback") from exc
 
 
 def run_steps(model: torch.nn.Module, inputs: tuple, options: CompressOptions, *,
@@ -44,7 +55,7 @@ def run_steps(model: torch.nn.Module, inputs: tuple, options: CompressOptions, *
         history.extend(meta.history)
         notes.extend(f"step {step}: {n}" for n in meta.plan.notes)
         step_inputs = meta.report.models.pruned_inputs
-        current = (callback(gm, step) or gm) if step < steps and callback is not None else gm
+        current = _call_back(callback, gm, step) if step < steps and callback else gm
     meta = gm.meta["fxprune"]
     last = meta.report
     report = dataclasses.replace(

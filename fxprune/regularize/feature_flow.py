@@ -12,6 +12,7 @@ import torch
 import torch.fx as fx
 
 from ..calibrate import follow, tap_points, tapped_module
+from ..errors import FxPruneError, OptionError
 from .units import graph_of
 
 _ADDS = (operator.add, operator.iadd, torch.add, "add", "add_")
@@ -46,7 +47,7 @@ class FeatureFlow:
         values = self.graph.traced.values
         unknown = [n for n in names if n not in values]
         if unknown:
-            raise ValueError(f"unknown nodes {unknown}")
+            raise OptionError(f"unknown nodes {unknown}")
         self.nodes = names
         self.runs = _runs(names, [tuple(values[n].shape[1:]) for n in names])
         self._store: list[torch.Tensor] = []
@@ -66,7 +67,7 @@ class FeatureFlow:
     def __call__(self) -> torch.Tensor:
         """The penalty of the last forward of ``self.model``; clears the kept outputs."""
         if len(self._store) != len(self.nodes):
-            raise RuntimeError(f"FeatureFlow expected {len(self.nodes)} kept outputs, got "
+            raise FxPruneError(f"FeatureFlow expected {len(self.nodes)} kept outputs, got "
                                f"{len(self._store)}: call it once after each ffr.model(...)")
         xs = [x.flatten(1) for x in self._store]
         self._store.clear()

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..cost import CostModel
+from ..errors import OptionError
 from ..importance.bn_scale import BNScale
 from .units import UnitNorms, _trainable, graph_of
 
@@ -36,13 +37,13 @@ class SelectiveWeightDecay:
                  granularity: str = "structured", budget: str = "params", every: int = 1,
                  **trace_kw):
         if granularity not in GRANULARITIES:
-            raise ValueError(f"granularity {granularity!r}: use one of {GRANULARITIES}")
+            raise OptionError(f"granularity {granularity!r}: use one of {GRANULARITIES}")
         if budget not in ("params", "flops"):
-            raise ValueError(f"budget {budget!r}: use 'params' or 'flops'")
+            raise OptionError(f"budget {budget!r}: use 'params' or 'flops'")
         if not 0.0 <= target < 1.0:
-            raise ValueError(f"target is the fraction removed, in [0, 1): got {target}")
+            raise OptionError(f"target is the fraction removed, in [0, 1): got {target}")
         if granularity == "unstructured" and budget != "params":
-            raise ValueError("unstructured SWD counts weights: budget='params' only")
+            raise OptionError("unstructured SWD counts weights: budget='params' only")
         self.graph = graph_of(model_or_graph, example_inputs, **trace_kw)
         self.target, self.mu, self.a_min, self.a_max = target, mu, a_min, a_max
         self.total_steps, self.granularity, self.every = max(total_steps, 1), granularity, every

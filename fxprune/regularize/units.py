@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..analyze.graph import ChannelGraph
+from ..errors import OptionError
 
 
 @dataclass
@@ -83,7 +84,7 @@ def input_units(graph: ChannelGraph) -> np.ndarray:
            if n.op == "placeholder" and isinstance(graph.ctx.axes.get(n.name), list)
            and len(graph.ctx.axes[n.name]) >= 2]
     if not out or not graph.ctx.prune_inputs:
-        raise ValueError("input units need a graph built with prune_inputs=True")
+        raise OptionError("input units need a graph built with prune_inputs=True")
     return np.unique(np.concatenate(out))
 
 
@@ -104,7 +105,7 @@ def graph_of(model_or_graph, example_inputs=None, **trace_kw) -> ChannelGraph:
     if isinstance(model_or_graph, ChannelGraph):
         return model_or_graph
     if example_inputs is None:
-        raise ValueError("pass example_inputs= with a model (or pass fxprune.analyze(...))")
+        raise OptionError("pass example_inputs= with a model (or pass fxprune.analyze(...))")
     from ..api import analyze
 
     model = getattr(model_or_graph, "module", model_or_graph)  # unwrap DDP/DataParallel

@@ -1,0 +1,129 @@
+"""The caller's model is left alone on every public path: its tensors bit-identical, every
+module's ``training`` flag and every parameter's ``requires_grad`` as they were, no hook
+added; and editing it afterwards changes neither the pruned model nor ``verify``."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import fxprune
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn_a = nn.BatchNorm2d(8)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn_b = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = F.relu(self.bn_a(self.a(x)))
+        y = F.relu(self.bn_b(self.b(y))) + y
+        return self.fc(y.mean((2, 3)))
+
+
+def _model():
+    torch.manual_seed(0)
+    m = Net()
+    m.train()
+    m.bn_a.eval()  # a user freezing one BN
+    m.a.bias.requires_grad_(False)
+    with torch.no_grad():  # BN statistics that are not the defaults
+        for bn in (m.bn_a, m.bn_b):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    return m
+
+
+def _snapshot(m):
+    return ({k: v.clone() for k, v in m.state_dict().items()},
+            {n: s.training for n, s in m.named_modules()},
+            {n: p.requires_grad for n, p in m.named_parameters()},
+            {n: (len(s._forward_hooks), len(s._forward_pre_hooks), len(s._backward_hooks))
+             for n, s in m.named_modules()},
+            {n: sorted(vars(s)) for n, s in m.named_modules()})
+
+
+X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+DATA = [torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+LABELLED = [(x, torch.randint(0, 4, (4,), generator=torch.Generator().manual_seed(9)))
+            for x in DATA]
+
+
+def _compress(**kw):
+    return lambda m: fxprune.compress(m, X, **kw)
+
+
+def _report_methods(tmp_path):
+    def run(m):
+        gm = fxprune.compress(m, X, ratio=0.5)
+        r = gm.meta["fxprune"].report
+        r.summary(), r.to_markdown(), r.to_dict(), r.layers()
+        r.plot(tmp_path / "kept.png")
+        return gm
+    return run
+
+
+def _save_load(tmp_path):
+    def run(m):
+        gm = fxprune.compress(m, X, ratio=0.5)
+        fxprune.save(gm, tmp_path / "art")
+        return fxprune.load(tmp_path / "art", lambda: m)
+    return run
+
+
+def _apply_plan(m):
+    plan = fxprune.compress(_model(), X, ratio=0.5).meta["fxprune"].plan
+    return fxprune.apply_plan(m, plan, X)
+
+
+def _analyze(m):
+    graph = fxprune.analyze(m, X)
+    removed = graph.groups[0].units[:2]
+    return fxprune.PruneChannels(graph, removed)(graph.traced.gm).graph_module
+
+
+PATHS = {
+    **{f"importance={name}": _compress(importance=name, calibration=DATA)
+       for name in ("l1", "l2", "bn_scale", "random", "cfdp", "qsfm", "qsfm_merge", "hrank")},
+    "importance=taylor": _compress(importance="taylor", calibration=LABELLED,
+                                   loss_fn=F.cross_entropy),
+    "compensate=lstsq": _compress(calibration=DATA, compensate="lstsq"),
+    "compensate=merge": _compress(calibration=DATA, compensate="merge"),
+    "target_flops": _compress(target_flops=0.6),
+    "target_params": _compress(target_params=0.6),
+    "steps=2": _compress(ratio=0.5, steps=2, callback=lambda gm, step: None),
+    "prune_inputs": _compress(prune_inputs=True),
+    "plan=": lambda m: fxprune.compress(
+        m, X, plan=fxprune.compress(_model(), X).meta["fxprune"].plan),
+    "apply_plan": _apply_plan,
+    "analyze+PruneChannels": _analyze,
+}
+
+
+@pytest.mark.parametrize("path", sorted(PATHS) + ["report methods", "save/load"])
+def test_the_callers_model_is_untouched(path, tmp_path):
+    fn = {"report methods": _report_methods(tmp_path),
+          "save/load": _save_load(tmp_path)}.get(path) or PATHS[path]
+    m = _model()
+    before = _snapshot(m)
+    gm = fn(m)
+    after = _snapshot(m)
+    assert after[0].keys() == before[0].keys()
+    assert all(torch.equal(after[0][k], before[0][k]) for k in before[0])
+    assert after[1:] == before[1:]
+    if path == "analyze+PruneChannels":
+        return  # analyze shares the caller's parameters by design (the regularisers)
+    x = X[:, : gm.meta["fxprune"].report.models.pruned_inputs[0].shape[1]] \
+        if path == "prune_inputs" else X
+    with torch.no_grad():
+        out = gm.eval()(x).clone()
+        for p in m.parameters():  # the user edits their model afterwards
+            p.add_(1.0)
+        m.bn_b.running_mean.add_(1.0)
+        assert torch.equal(gm(x), out)
+    result = fxprune.verify(gm)
+    assert result.ok, result
