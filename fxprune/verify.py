@@ -187,6 +187,10 @@ def verify(pruned: fx.GraphModule, example_inputs: Any = None, *,
     meta = pruned.meta.get("fxprune")
     if meta is None:
         raise OptionError("verify needs a module returned by fxprune.compress")
+    if "loaded_from" in meta.extra:
+        raise OptionError(f"this module was loaded from {meta.extra['loaded_from']}, which "
+                          "holds the pruned weights only: there is no original to verify "
+                          "against (load(..., verify=True) verifies the plan replay)")
     graph, removed = meta.graph, meta.removed_units
     inputs = as_inputs(graph.traced.example_inputs if example_inputs is None else example_inputs)
     uncompensated = meta.extra.get("uncompensated")

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
-from conftest import prune_and_check
+from conftest import prune_and_check, verified_on_fresh
 
 import fxprune
 
@@ -168,7 +168,7 @@ def test_small_transformers_compress_verify_and_export(factory):
     x = torch.randn(1, 3, 32, 32)
     gm = fxprune.compress(model, x)
     rep = gm.meta["fxprune"].report
-    assert rep.verify.ok and rep.params_after < rep.params_before
+    assert verified_on_fresh(gm).ok and rep.params_after < rep.params_before
     ep = torch.export.export(gm, (x,))  # no stale constant left in the pruned module
     assert (ep.module()(x) - gm(x)).abs().max() <= 1e-6
 
@@ -189,7 +189,7 @@ def test_swin_lowering_keeps_numerics_and_prunes_heads(size):
     assert "shifted_window_attention" not in targets and "_patch_merging_pad" not in targets
     assert (traced.gm(x) - model(x)).abs().max() <= 1e-10
     gm = fxprune.compress(model.float(), x.float(), prune_head_dims=False)
-    assert gm.meta["fxprune"].report.verify.ok
+    assert verified_on_fresh(gm).ok
     qkv = gm.get_submodule("features.3.1.attn.qkv")  # stage 2: 4 heads of 8 -> 2 heads
     assert qkv.weight.shape[0] == 3 * 16
 
@@ -211,7 +211,7 @@ def test_convnext_layer_norm_2d_and_layer_scale():
                                   num_classes=10))
     gm = fxprune.compress(model, torch.randn(1, 3, 32, 32))
     rep = gm.meta["fxprune"].report
-    assert rep.verify.ok and rep.verify.approx_deviation is not None
+    assert verified_on_fresh(gm).ok and rep.verify.approx_deviation is not None
     block = gm.get_submodule("features.1.0")
     assert block.layer_scale.shape[0] == gm.get_submodule("features.1.0.block.0").out_channels
     exact = fxprune.compress(model, torch.randn(1, 3, 32, 32), exact_only=True)

@@ -13,8 +13,6 @@ from fxprune.importance.cfdp import cfdp_scores
 from fxprune.importance.qsfm import Similarity, elimination_order
 from fxprune.passes.compensate import Moments
 
-scipy = pytest.importorskip("scipy")  # test-only reference; part of the dev extra
-
 
 def _cfdp_reference(f: np.ndarray, alpha: float = 0.03) -> float:
     """The released metric, map by map, with SciPy (float64)."""

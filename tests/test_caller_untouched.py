@@ -125,5 +125,6 @@ def test_the_callers_model_is_untouched(path, tmp_path):
             p.add_(1.0)
         m.bn_b.running_mean.add_(1.0)
         assert torch.equal(gm(x), out)
-    result = fxprune.verify(gm)
-    assert result.ok, result
+    if path != "save/load":  # a loaded artifact has no original to verify against
+        result = fxprune.verify(gm)
+        assert result.ok, result

@@ -116,7 +116,6 @@ ONNX_MODELS = [
 
 @pytest.mark.parametrize("name,kw,size", ONNX_MODELS)
 def test_onnxruntime_matches_pytorch(tmp_path, name, kw, size):
-    pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, num_classes=10, **kw).eval()
     x = torch.randn(1, 3, size, size)
@@ -215,7 +214,6 @@ def test_iterative_input_pruning_saves_and_loads(tmp_path):
 
 
 def test_dynamic_batch_exports_run_on_other_batch_sizes(tmp_path):
-    pytest.importorskip("onnxruntime")
     gm = fxprune.compress(_net(), torch.randn(1, 3, 12, 12), ratio=0.5)
     x = torch.randn(1, 3, 12, 12)
     assert export_onnx(gm, tmp_path / "d.onnx", x, dynamic_batch=True) <= 1e-4

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import verified_on_fresh
 
 import fxprune
 
@@ -29,11 +30,19 @@ def test_legacy_artifact_loads_bit_identical(name):
     assert len(gm.meta["fxprune"].history) == len(doc["history"])
 
 
-def test_legacy_artifact_replays_with_verify():
-    """The plans replay exactly on a fresh model under the current analysis (verify on)."""
-    path = DATA / "legacy" / "lstsq_safetensors"
-    gm = fxprune.load(path, net, verify=True)
-    assert gm.meta["fxprune"].report.verify.ok
+@pytest.mark.parametrize("name", NAMES)
+def test_legacy_plans_replay_exactly(name):
+    """The recorded plans replay on a fresh model under the current analysis, and the result
+    is exact on inputs the replay never saw."""
+    doc = json.loads((DATA / "legacy" / name / "fxprune.json").read_text())
+    plans = [fxprune.Plan(**p) for p in doc["history"]]
+    gm = fxprune.apply_plan(net(), plans, example_input())
+    assert verified_on_fresh(gm).ok
+    loaded = fxprune.load(DATA / "legacy" / name, net)
+    assert [t.shape for t in loaded.state_dict().values()] == \
+        [t.shape for t in gm.state_dict().values()]
+    with pytest.raises(fxprune.OptionError, match="loaded from"):
+        fxprune.verify(loaded)  # its original weights are not in the artifact
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -4,6 +4,7 @@ their heads and feed-forward units prune like any other structure."""
 import pytest
 import torch
 import torch.nn as nn
+from conftest import verified_on_fresh
 
 import fxprune
 
@@ -40,7 +41,7 @@ def test_encoder_heads_and_ffn_are_pruned_exactly(norm_first, activation, batch_
     with torch.no_grad():  # torch's fast path vs the traced reference path: float32 noise
         torch.testing.assert_close(graph.traced.gm(x), model(x), rtol=1e-5, atol=1e-5)
     gm = fxprune.compress(model, x, ratio=0.5, exact_only=True)
-    assert gm.meta["fxprune"].report.verify.ok
+    assert verified_on_fresh(gm).ok
     for i in range(2):
         assert gm.get_submodule(f"enc.layers.{i}.linear1").out_features == 32  # 64 -> 32
         assert gm.get_submodule(f"enc.layers.{i}.linear2").in_features == 32
@@ -56,7 +57,7 @@ def test_a_masked_call_stays_a_leaf_and_keeps_its_channels():
     graph = fxprune.analyze(model, x)
     assert any(n.op == "call_module" and n.target == "enc" for n in graph.traced.gm.graph.nodes)
     gm = fxprune.compress(model, x, ratio=0.5)
-    assert gm.meta["fxprune"].report.verify.ok
+    assert verified_on_fresh(gm).ok
     assert gm.get_submodule("enc.layers.0.linear1").out_features == 64  # kept: a leaf
 
 
@@ -65,4 +66,4 @@ def test_user_leaf_wins():
     x = torch.randn(2, 7, 10)
     gm = fxprune.compress(model, x, ratio=0.5, leaf_modules=[nn.TransformerEncoderLayer])
     assert gm.get_submodule("enc.layers.0.linear1").out_features == 64
-    assert gm.meta["fxprune"].report.verify.ok
+    assert verified_on_fresh(gm).ok

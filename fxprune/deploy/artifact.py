@@ -265,4 +265,5 @@ def load(path: str | Path, model_factory: Callable[[], torch.nn.Module] | None =
         for name in own.keys() - persistent:
             own[name].copy_(tensors[name])
     gm.train(bool(doc.get("training", False)))
+    gm.meta["fxprune"].extra["loaded_from"] = str(path)
     return gm
