@@ -513,3 +513,12 @@ def test_pixel_shuffle_module_form():
     m = nn.Sequential(nn.Conv2d(3, 16, 1), nn.PixelShuffle(2), nn.Conv2d(4, 2, 1))
     gm = prune_and_check(m, torch.randn(1, 3, 4, 4), ratio=0.5)
     assert gm.get_submodule("0").out_channels == 8
+
+
+def test_grouped_conv_with_one_output_per_group_keeps_its_outputs():
+    # found by the fuzzer: removing a group's only output left groups=4 with 2 outputs
+    m = nn.Sequential(nn.Conv2d(3, 12, 1), nn.ReLU(), nn.Conv2d(12, 4, 3, padding=1, groups=4),
+                      nn.ReLU(), nn.Conv2d(4, 2, 1))
+    gm = prune_and_check(m, torch.randn(2, 3, 6, 6), ratio=0.5)
+    assert report(gm).fallbacks == []
+    assert (gm.get_submodule("2").out_channels, gm.get_submodule("2").in_channels) == (4, 8)

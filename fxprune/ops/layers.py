@@ -125,6 +125,8 @@ class Conv(Rule):
             ctx.freeze(w.axes[1], "grouped-conv weight dim (gathered per group)")
             ctx.equal_count(ids.reshape(g, in_pg), "input channels of a grouped conv")
             ctx.equal_count(oc.comp.ids.reshape(g, out_pg), "output channels of a grouped conv")
+            if out_pg == 1:  # equal counts of one per group: all or none, and none is empty
+                ctx.freeze(oc, "grouped conv with one output channel per group")
             rows = np.arange(c_out) // out_pg
             ctx.consumer(w.qualname, (0, 1), ids[rows[:, None] * in_pg + np.arange(in_pg)])
         else:
