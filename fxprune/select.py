@@ -193,14 +193,16 @@ def _constrained(graph: ChannelGraph, g: Group, units: np.ndarray, scores: np.nd
     ``units`` are the group's units still alive (blocks of removed heads are skipped)."""
     in_group = np.zeros(len(graph.labels), dtype=bool)
     in_group[units] = True
-    labs, seen = [], set()
+    labs, seen, kept = [], set(), []
     for c in g.constraints:  # lines holding the same units (q and k of a head) count once
         rows = _distinct_units(np.unique(np.sort(graph.labels[c.blocks], axis=1), axis=0))
         if rows is None:
             notes.append(f"{g.name}: uneven equal-count constraint; group kept whole")
             return np.zeros(0, dtype=np.int64)
         rows = rows[in_group[rows].any(axis=1) | (~np.isin(rows, g.units)).any(axis=1)]
-        if rows.shape[1] == 1:  # one unit per block: blocks go whole, no count to balance
+        if rows.shape[1] == 1:  # one unit per block: blocks go whole, no count to balance -
+            if not c.whole_blocks:  # unless a block may not disappear (a conv group)
+                kept.append(rows.reshape(-1))
             continue
         rows = np.array([r for r in rows if r.tobytes() not in seen]).reshape(-1, rows.shape[1])
         seen.update(r.tobytes() for r in rows)
@@ -221,6 +223,8 @@ def _constrained(graph: ChannelGraph, g: Group, units: np.ndarray, scores: np.nd
         drop = np.take_along_axis(lab, order[:, kk:], axis=1).reshape(-1)
         removed.append(drop)
     free = np.setdiff1d(units, flat)
+    if kept:
+        free = np.setdiff1d(free, np.concatenate(kept))
     if free.size:
         kf = min(free.size, max(1, int(round(frac * free.size))))
         removed.append(free[np.argsort(-scores[free], kind="stable")[kf:]])

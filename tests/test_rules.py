@@ -522,3 +522,13 @@ def test_grouped_conv_with_one_output_per_group_keeps_its_outputs():
     gm = prune_and_check(m, torch.randn(2, 3, 6, 6), ratio=0.5)
     assert report(gm).fallbacks == []
     assert (gm.get_submodule("2").out_channels, gm.get_submodule("2").in_channels) == (4, 8)
+
+
+def test_grouped_conv_groups_never_lose_every_input():
+    # found by the fuzzer: GroupNorm ties each group of 4 channels into one unit, so a unit
+    # is a whole group of the grouped conv; removing it emptied that group
+    m = nn.Sequential(nn.Conv2d(3, 16, 1), nn.GroupNorm(4, 16), nn.ReLU(),
+                      nn.Conv2d(16, 12, 3, padding=1, groups=4), nn.ReLU(), nn.Conv2d(12, 2, 1))
+    gm = prune_and_check(m, torch.randn(2, 3, 6, 6), ratio=0.75)
+    assert report(gm).fallbacks == []
+    assert gm.get_submodule("3").groups == 4 and gm.get_submodule("3").in_channels == 16

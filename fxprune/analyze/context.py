@@ -60,11 +60,14 @@ class DerivedSize:
 
 @dataclass
 class EqualCount:
-    """Every row of ``blocks`` (element ids) must keep the same number of positions."""
+    """Every row of ``blocks`` (element ids) must keep the same number of positions;
+    ``whole_blocks``: a row may also lose every position (a head), else each keeps one at
+    least (a conv group cannot disappear)."""
 
     blocks: np.ndarray
     reason: str
     node: str
+    whole_blocks: bool = True
 
 
 class NodeView:
@@ -224,9 +227,10 @@ class AnalysisContext(NodeView):
             self.freeze(ax, reason, category)
         self.whole.add(self.node.name)
 
-    def equal_count(self, blocks: np.ndarray, reason: str) -> None:
+    def equal_count(self, blocks: np.ndarray, reason: str, whole_blocks: bool = True) -> None:
         if blocks.shape[0] > 1 and blocks.shape[1] > 0:
-            self.constraints.append(EqualCount(np.asarray(blocks), reason, self._where()))
+            self.constraints.append(EqualCount(np.asarray(blocks), reason, self._where(),
+                                               whole_blocks))
 
     def approximate(self, ids: np.ndarray, reason: str) -> None:
         """Removing these elements changes other channels' values (LayerNorm statistics)."""

@@ -123,8 +123,9 @@ class Conv(Rule):
             ctx.link(w, 0, oc, "out")
             w.custom = True
             ctx.freeze(w.axes[1], "grouped-conv weight dim (gathered per group)")
-            ctx.equal_count(ids.reshape(g, in_pg), "input channels of a grouped conv")
-            ctx.equal_count(oc.comp.ids.reshape(g, out_pg), "output channels of a grouped conv")
+            ctx.equal_count(ids.reshape(g, in_pg), "input channels of a grouped conv", False)
+            ctx.equal_count(oc.comp.ids.reshape(g, out_pg), "output channels of a grouped conv",
+                            False)
             if out_pg == 1:  # equal counts of one per group: all or none, and none is empty
                 ctx.freeze(oc, "grouped conv with one output channel per group")
             rows = np.arange(c_out) // out_pg
