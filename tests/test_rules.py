@@ -532,3 +532,20 @@ def test_grouped_conv_groups_never_lose_every_input():
     gm = prune_and_check(m, torch.randn(2, 3, 6, 6), ratio=0.75)
     assert report(gm).fallbacks == []
     assert gm.get_submodule("3").groups == 4 and gm.get_submodule("3").in_channels == 16
+
+
+class ShuffleOfSingles(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.b(F.channel_shuffle(F.relu(self.a(x)), 4))
+
+
+def test_channel_shuffle_losing_whole_groups_shuffles_fewer_groups():
+    # found by the fuzzer: one channel per group, so whole groups go; groups stayed at 4
+    gm = prune_and_check(ShuffleOfSingles(), torch.randn(2, 3, 6, 6), ratio=0.5)
+    assert report(gm).fallbacks == []
+    shuffle = next(n for n in gm.graph.nodes if n.target is F.channel_shuffle)
+    assert gm.a.out_channels == 2 and shuffle.args[1] == 2

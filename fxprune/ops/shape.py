@@ -8,6 +8,7 @@ import torch.fx as fx
 
 from ..analyze.context import AnalysisContext
 from ..analyze.elements import Axis, Category, plain_axis
+from ..analyze.layout import new_size
 from ..analyze.rewrite import RewriteContext
 from .base import Rule, arg, norm_dim, set_arg
 
@@ -246,6 +247,17 @@ class ChannelShuffle(Rule):
         out = list(xa)
         out[1] = Axis(comp, (1, 0))
         ctx.set_out(out)
+
+    def rewrite(self, rctx: RewriteContext, node: fx.Node) -> None:
+        """A group whose every channel went leaves fewer groups to shuffle."""
+        comp = rctx.axes_of(node)[1].comp
+        groups = new_size(Axis(comp, (0,)), rctx.keep)
+        if groups == comp.lshape[0]:
+            return
+        if node.op == "call_module":
+            rctx.module(node.target).groups = groups
+        else:
+            set_arg(node, 1, "groups", groups)
 
 
 
