@@ -1,7 +1,7 @@
 """Time fxprune.compress stage by stage on torchvision models at 224x224.
 
     python bench/compress_time.py resnet50 densenet201 [--repeats 3]
-    python bench/compress_time.py resnet50 densenet201 --baseline 8e9aa3e [--rounds 3]
+    python bench/compress_time.py resnet50 densenet201 --baseline 8e9aa3e [--current REV]
 
 Prints the median total and per-stage times. With ``--baseline REV`` the fxprune package of
 that git revision is extracted to a temporary directory and both versions are timed in the
@@ -56,23 +56,30 @@ def _child(path: Path, name: str, repeats: int, size: int) -> dict:
     return result
 
 
-def compare(models: list[str], baseline: str, rounds: int, repeats: int, size: int) -> None:
+def _extract(rev: str, into: Path) -> Path:
+    """The fxprune package of git revision ``rev``, under ``into``."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "fxprune"],
+                             capture_output=True, check=True).stdout
+    (into / "src.tar").write_bytes(archive)
+    with tarfile.open(into / "src.tar") as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def compare(models: list[str], baseline: str, rounds: int, repeats: int, size: int,
+            current: str | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp)
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", baseline, "fxprune"],
-                                 capture_output=True, check=True).stdout
-        archive_path = base / "base.tar"
-        archive_path.write_bytes(archive)
-        with tarfile.open(archive_path) as tar:
-            tar.extractall(base, filter="data")
-        print(f"| model | baseline {baseline} (s) | current (s) | current / baseline | "
+        base = _extract(baseline, Path(tmp) / "base")
+        cur = _extract(current, Path(tmp) / "cur") if current else REPO
+        print(f"| model | baseline {baseline} (s) | {current or 'current'} (s) | ratio | "
               "params equal |")
         print("|---|---|---|---|---|")
         for name in models:
             runs: dict[str, list[dict]] = {"base": [], "cur": []}
             for r in range(rounds):  # alternate the order: drift hits both alike
-                order = [("base", base), ("cur", REPO)] if r % 2 == 0 else \
-                    [("cur", REPO), ("base", base)]
+                order = [("base", base), ("cur", cur)] if r % 2 == 0 else \
+                    [("cur", cur), ("base", base)]
                 for key, path in order:
                     runs[key].append(_child(path, name, repeats, size))
             b = statistics.median(x["total"] for x in runs["base"])
@@ -90,13 +97,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--baseline", help="git revision to compare with, in the same run")
+    ap.add_argument("--current", help="git revision to time instead of the work tree")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(measure(args.child, args.repeats, args.size)))
         return
     if args.baseline:
-        compare(args.models, args.baseline, args.rounds, args.repeats, args.size)
+        compare(args.models, args.baseline, args.rounds, args.repeats, args.size, args.current)
         return
     for name in args.models:
         r = measure(name, args.repeats, args.size)
