@@ -247,7 +247,7 @@ def run_case(seed: int) -> Outcome:
     except AssertionError as exc:
         return Outcome("WRONG", f"independent oracle: {exc}", program=program)
     kind = "exact" if report.params_after < report.params_before else "unchanged"
-    return Outcome(kind, fallbacks=len(report.fallbacks), program=program)
+    return Outcome(kind, "; ".join(report.fallbacks)[:300], len(report.fallbacks), program)
 
 
 def tally(outcomes: list[Outcome]) -> Counter:
