@@ -208,6 +208,8 @@ def _constrained(graph: ChannelGraph, g: Group, units: np.ndarray, scores: np.nd
         seen.update(r.tobytes() for r in rows)
         if rows.shape[0] > 1:
             labs.append(rows)
+    if kept:  # kept units count as forced in every other constraint: equal counts hold
+        in_group[np.concatenate(kept)] = False
     flat = np.concatenate([lab[in_group[lab]] for lab in labs]) if labs else np.zeros(0, int)
     if flat.size and unique(flat).size != flat.size:
         notes.append(f"{g.name}: overlapping equal-count constraints; group kept whole")
@@ -222,9 +224,7 @@ def _constrained(graph: ChannelGraph, g: Group, units: np.ndarray, scores: np.nd
         order = np.argsort(-s, axis=1, kind="stable")
         drop = np.take_along_axis(lab, order[:, kk:], axis=1).reshape(-1)
         removed.append(drop)
-    free = np.setdiff1d(units, flat)
-    if kept:
-        free = np.setdiff1d(free, np.concatenate(kept))
+    free = np.setdiff1d(units[in_group[units]], flat)
     if free.size:
         kf = min(free.size, max(1, int(round(frac * free.size))))
         removed.append(free[np.argsort(-scores[free], kind="stable")[kf:]])

@@ -18,3 +18,11 @@ def test_random_programs_are_exact_or_clear():
                                       if o.fallbacks][:3]
     assert counts["clear error"] == 0, [o.detail for o in outcomes if o.kind == "clear error"]
     assert counts["exact"] >= 0.7 * CASES, counts  # the rest: nothing prunable (stated)
+
+
+def test_programs_that_once_fell_back_are_now_exact():
+    """Seeds from the 10,000-case sweep where a grouped conv read a shuffled or GroupNorm-tied
+    stream and the selection broke its per-group count (contained then, exact now)."""
+    for seed in (2672, 3904):
+        outcome = run_case(seed)
+        assert (outcome.kind, outcome.fallbacks) == ("exact", 0), (seed, outcome)
