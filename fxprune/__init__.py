@@ -16,13 +16,13 @@ from .importance import Importance, register
 from .options import CompressOptions
 from .passes import PruneChannels
 from .plan import Plan
-from .report import Report
+from .report import Report, result_of
 from .verify import VerifyResult, verify
 
 __all__ = [
     "ChannelGraph", "CompressOptions", "FxPruneError", "Importance", "OptionError", "Plan",
     "PruneChannels", "Report", "RewriteError", "SelectionError", "TraceError",
     "VerificationError", "VerifyResult", "analyze", "apply_plan", "compress", "deploy", "load",
-    "register", "regularize", "save", "trace", "verify",
+    "register", "regularize", "result_of", "save", "trace", "verify",
 ]
 __version__ = "0.1.0"

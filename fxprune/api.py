@@ -43,10 +43,13 @@ def trace(model: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor, 
 def analyze(model: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor, *,
             leaf_modules: Iterable[type | str] = (),
             concrete_args: dict[str, Any] | None = None,
-            prune_inputs: bool = False) -> ChannelGraph:
-    """Trace ``model`` and build its channel graph; ``print()`` it to see the groups. The
-    graph reads the caller's live parameters (what :mod:`fxprune.regularize` trains)."""
-    traced = trace(model, example_inputs, leaf_modules=leaf_modules, concrete_args=concrete_args)
+            prune_inputs: bool = False, frontend: str = "fx") -> ChannelGraph:
+    """Trace ``model`` and build its channel graph; ``print()`` it to see the groups. With
+    the fx frontend the graph reads the caller's live parameters (what
+    :mod:`fxprune.regularize` trains); ``frontend="export"`` or ``"auto"`` reach models
+    symbolic tracing cannot enter (the graph then holds a copy)."""
+    traced = trace(model, example_inputs, leaf_modules=leaf_modules, concrete_args=concrete_args,
+                   frontend=frontend)
     return build(traced, prune_inputs=prune_inputs)
 
 
@@ -82,7 +85,10 @@ def compress(
     keep_input_signature: bool = False,
     steps: int = 1,
     callback: Callable[[fx.GraphModule, int], torch.nn.Module | None] | None = None,
-) -> fx.GraphModule:
+    frontend: str = "auto",
+    example_kwargs: Mapping[str, Any] | None = None,
+    output: str | None = None,
+) -> torch.nn.Module:
     """Return a new, smaller GraphModule; ``model`` is not modified.
 
     ``ratio`` is the fraction of each group's units removed (or of all units with
@@ -116,7 +122,8 @@ def compress(
     ``keep_input_signature=True``. Invalid or contradicting options raise before any work.
     """
     options = CompressOptions(
-        trace=TraceOptions(leaf_modules=tuple(leaf_modules), concrete_args=concrete_args),
+        trace=TraceOptions(frontend, tuple(leaf_modules), concrete_args,
+                           example_kwargs=dict(example_kwargs) if example_kwargs else None),
         select=SelectOptions(ratio=ratio, ratios=ratios or {}, ignore=tuple(ignore),
                              min_channels=min_channels, round_to=round_to,
                              global_ranking=global_ranking, exact_only=exact_only,
@@ -126,5 +133,5 @@ def compress(
         calibration=Calibration(calibration, max_batches, tap, loss_fn),
         compensation=CompensationOptions(compensate, ridge),
         inputs=InputOptions(prune_inputs, keep_input_signature),
-        importance=importance, verify=verify, steps=steps, callback=callback)
+        importance=importance, verify=verify, steps=steps, callback=callback, output=output)
     return run(model, example_inputs, options)

@@ -15,20 +15,23 @@ import torch
 from .api import analyze
 from .errors import FxPruneError, first_line
 from .importance.base import Calibration
-from .options import Budget, CompensationOptions, CompressOptions, SelectOptions
+from .options import Budget, CompensationOptions, CompressOptions, SelectOptions, TraceOptions
 from .pipeline import run
+from .report import result_of
 
 log = logging.getLogger("fxprune.cli")
 
 EPILOG = """\
 SPEC is torchvision:NAME (e.g. torchvision:resnet18, options as
-torchvision:resnet18?num_classes=10), timm:NAME (needs timm), or
-path/to/file.py:factory, where factory() returns a model or (model, example_inputs).
-Models are built untrained; nothing is downloaded.
+torchvision:resnet18?num_classes=10), timm:NAME (needs timm), ultralytics:NAME.yaml
+(needs ultralytics, e.g. ultralytics:yolov8n.yaml), or path/to/file.py:factory, where
+factory() returns a model or (model, example_inputs). Models are built untrained; nothing
+is downloaded.
 
 examples:
   fxprune inspect torchvision:mobilenet_v2 --input-shape 1,3,64,64
   fxprune compress torchvision:resnet18 --target-flops 0.5 --out pruned/ --onnx
+  fxprune compress ultralytics:yolov8n.yaml --input-shape 1,3,320,320 --out yolo/
   fxprune compress my_model.py:build --ratio 0.3 --ignore 'head.*' --ignore stem \\
       --out pruned/
 """
@@ -54,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--input-shape", metavar="N,C,H,W",
                        help="example input shape (default: the factory's inputs, else "
                             "1,3,224,224)")
+        p.add_argument("--frontend", choices=["auto", "fx", "export"], default="auto",
+                       help="capture: symbolic trace (fx), torch.export, or fx falling back "
+                            "to export (default)")
 
     c = sub.add_parser("compress", help="prune a model and write the artifact",
                        description="Prune SPEC and write to --out: model/ (fxprune.save "
@@ -120,7 +126,7 @@ def _model(args) -> tuple[torch.nn.Module, tuple]:
 def _recorded(spec: str) -> str:
     """File specs are stored with an absolute path (informational: load() needs a factory
     for them and never imports what an artifact names)."""
-    if spec.startswith(("torchvision:", "timm:")):
+    if spec.startswith(("torchvision:", "timm:", "ultralytics:")):
         return spec
     path, sep, rest = spec.rpartition(":")
     return f"{Path(path).resolve()}{sep}{rest}" if sep else spec
@@ -128,7 +134,7 @@ def _recorded(spec: str) -> str:
 
 def _inspect(args) -> int:
     model, inputs = _model(args)
-    graph = analyze(model, inputs)
+    graph = analyze(model, inputs, frontend=args.frontend)
     groups = [{"id": g.gid, "name": g.name, "units": g.size,
                "kind": "approximate" if g.approximate else "exact",
                "constraints": len(g.constraints), "members": list(g.members)}
@@ -154,6 +160,7 @@ def _inspect(args) -> int:
 def _options(args, calib) -> CompressOptions:
     """The command line as the same option groups ``compress`` builds."""
     return CompressOptions(
+        trace=TraceOptions(args.frontend),
         select=SelectOptions(ratio=0.5 if args.ratio is None else args.ratio,
                              ignore=tuple(args.ignore), round_to=args.round_to),
         budget=Budget.from_targets(args.target_flops, args.target_params),
@@ -192,7 +199,7 @@ def _compress(args) -> int:
     gm = run(model, inputs, _options(args, calib))
     bar.update()
     stage("save")
-    meta = gm.meta["fxprune"]
+    meta = result_of(gm)
     save(gm, out / "model", example_inputs=inputs, spec=_recorded(args.spec))
     (out / "plan.json").write_text(json.dumps(
         [json.loads(p.to_json()) for p in meta.history], indent=1))
@@ -208,8 +215,9 @@ def _compress(args) -> int:
     bar.update()
     pruned_inputs = report.models.pruned_inputs
     exported = gm
-    if args.fold_bn and (args.onnx or args.pt2):
-        exported, doc["fold_bn_max_abs_diff"] = fold_batchnorm(gm, pruned_inputs)
+    if args.fold_bn and (args.onnx or args.pt2):  # on the pruned graph (module output too)
+        exported, doc["fold_bn_max_abs_diff"] = fold_batchnorm(report.models.pruned,
+                                                               pruned_inputs)
     if args.onnx:
         stage("onnx")
         doc["onnx_max_abs_diff"] = export_onnx(exported, out / "model.onnx", pruned_inputs,

@@ -30,14 +30,16 @@ class SelectionError(FxPruneError):
 
 
 class RewriteError(FxPruneError):
-    """The rewritten module does not have the shapes the plan promised. ``node`` names the
-    node to keep whole, or ``elements`` (element ids) the coupled channels to keep whole,
-    when compress retries without them."""
+    """The rewritten module does not have the shapes the plan promised. ``node`` (or
+    ``nodes``) names what to keep whole, or ``elements`` (element ids) the coupled channels
+    to keep whole, when compress retries without them."""
 
-    def __init__(self, message: str, node: str | None = None, elements=None):
+    def __init__(self, message: str, node: str | None = None, elements=None,
+                 nodes: frozenset[str] = frozenset()):
         super().__init__(message)
         self.node = node
         self.elements = elements
+        self.nodes = frozenset(nodes)  # several nodes to keep whole (module output)
 
 
 class VerificationError(FxPruneError):

@@ -150,9 +150,12 @@ class CompressOptions:
     verify: bool = True
     steps: int = 1
     callback: Callback | None = None
+    output: str | None = None  # "graph" | "module"; None: the frontend's default
 
     def __post_init__(self) -> None:
         sel = self.select
+        if self.output not in (None, "graph", "module"):
+            raise OptionError(f"output must be 'graph' or 'module', got {self.output!r}")
         if sel.global_ranking is None:
             self._set("select", dataclasses.replace(sel, global_ranking=self.budget is not None))
         if sel.plan is not None and sel.plan.inputs and not self.inputs.prune_inputs:
@@ -216,4 +219,4 @@ def from_replay(doc: Mapping[str, Any], *, verify: bool = True) -> CompressOptio
                            concrete_args=doc.get("concrete_args")),
         inputs=InputOptions(bool(doc.get("prune_inputs", False)),
                             bool(doc.get("keep_input_signature", False))),
-        verify=verify)
+        verify=verify, output=doc.get("output"))

@@ -4,6 +4,7 @@ contribution zeroed at its consumers (the parameter slices that read it)."""
 from __future__ import annotations
 
 import copy
+import logging
 import operator
 from dataclasses import dataclass
 from typing import Any
@@ -13,12 +14,13 @@ import torch
 import torch.fx as fx
 
 from .analyze.graph import ChannelGraph
-from .errors import OptionError, VerificationError, contained
+from .errors import OptionError, VerificationError, contained, first_line
 from .passes.compensate import restore
 from .passes.inputs import inputs_for
 from .passes.prune import PruneChannels
-from .util import as_inputs, flat_tensors
+from .util import as_inputs, eval_mode, flat_tensors
 
+log = logging.getLogger(__name__)
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 
@@ -141,12 +143,18 @@ def compare(reference: torch.nn.Module, pruned: torch.nn.Module, example_inputs:
     new_inputs = inputs if pruned_inputs is None else _cast(tuple(pruned_inputs), dtype)
     with torch.no_grad():
         a, b = flat_tensors(ref(*inputs)), flat_tensors(new(*new_inputs))
+    return _judge(a, b, tol, dtype)
+
+
+def _judge(a: list, b: list, tol: float, dtype: torch.dtype) -> VerifyResult:
+    """Max abs difference of two flat output lists, relative to the reference's scale."""
+    name = str(dtype).replace("torch.", "")
     if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
-        return VerifyResult(False, float("inf"), 1.0, tol, str(dtype))
+        return VerifyResult(False, float("inf"), 1.0, tol, name)
     err = max((float((x - y).abs().max()) for x, y in zip(a, b) if x.numel()), default=0.0)
     scale = max([1e-30] + [float(x.abs().max()) for x in a if x.numel()])
     ok = bool(np.isfinite(err)) and err <= tol * scale
-    return VerifyResult(ok, err, scale, tol, str(dtype).replace("torch.", ""))
+    return VerifyResult(ok, err, scale, tol, name)
 
 
 def _against_masked(graph, removed, pruned, example_inputs, dtype, tol) -> VerifyResult:
@@ -164,6 +172,18 @@ def check(graph: ChannelGraph, removed: np.ndarray, pruned: fx.GraphModule,
     groups), a model with only the exact units removed must match, and the full model's
     deviation from the masked original is measured and reported, not judged.
     """
+    try:
+        return _check(graph, removed, pruned, example_inputs, dtype, tol)
+    except RuntimeError as exc:  # a graph with float32 literals (export) cannot run in float64
+        if dtype is not torch.float64:
+            raise
+        log.info("fxprune: verifying in float32: %s", first_line(exc))
+        return _check(graph, removed, pruned, example_inputs, torch.float32, tol)
+
+
+def _check(graph: ChannelGraph, removed: np.ndarray, pruned: fx.GraphModule,
+           example_inputs: tuple, dtype: torch.dtype, tol: float | None
+           ) -> tuple[VerifyResult, VerifyResult | None]:
     approx = graph.approximate_units(removed)
     if approx.size == 0:
         return _against_masked(graph, removed, pruned, example_inputs, dtype, tol), None
@@ -208,3 +228,26 @@ def verify(pruned: fx.GraphModule, example_inputs: Any = None, *,
     if raise_on_mismatch and not result.ok:
         raise VerificationError(f"pruned model differs from the masked original: {result}")
     return result
+
+
+def check_module(module: torch.nn.Module, graph: ChannelGraph, removed: np.ndarray,
+                 pruned: fx.GraphModule, call: tuple[tuple, dict], dtype: torch.dtype =
+                 torch.float64, tol: float | None = None) -> VerifyResult:
+    """Module output: run the pruned module itself (its own forward, as the caller calls it,
+    converted to ``dtype`` by the caller) against the masked original graph - or against the
+    pruned graph when approximate units were removed (that graph's own check measured their
+    deviation). Errors propagate: the caller names the module that raised."""
+    tol = TOLERANCE.get(dtype, 1e-2) if tol is None else tol
+    flat = tuple(graph.traced.example_inputs)
+    if graph.approximate_units(removed).size:
+        reference = clone_as(pruned, dtype)
+        ref_inputs = inputs_for(pruned, graph, removed, flat)
+    else:
+        reference, ref_inputs = masked_original(graph, removed, dtype), flat
+    new = module
+    args, kwargs = call
+    with torch.no_grad(), eval_mode(new), eval_mode(reference):
+        a = flat_tensors(reference(*_cast(tuple(ref_inputs), dtype)))
+        b = flat_tensors(new(*_cast(tuple(args), dtype), **{k: _cast(v, dtype)
+                                                              for k, v in kwargs.items()}))
+    return _judge(a, b, tol, dtype)

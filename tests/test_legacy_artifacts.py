@@ -54,6 +54,9 @@ def test_the_same_run_saves_the_same_artifact(tmp_path, name):
     fxprune.save(gm, tmp_path / name, tensor_format=fmt)
     old = json.loads((DATA / "legacy" / name / "fxprune.json").read_text())
     new = json.loads((tmp_path / name / "fxprune.json").read_text())
+    # added since (issue 14): how the model was captured and returned; legacy artifacts
+    # without them replay as fx / graph
+    assert (new["options"].pop("frontend"), new["options"].pop("output")) == ("fx", "graph")
     assert new == old
     old_t = fxprune.deploy.artifact.read_tensors(DATA / "legacy" / name)
     new_t = fxprune.deploy.artifact.read_tensors(tmp_path / name)

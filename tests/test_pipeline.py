@@ -77,7 +77,8 @@ def test_every_stage_is_timed_in_order():
     gm = fxprune.compress(SizeShuffle().eval(), torch.randn(1, 3, 6, 6), importance="cfdp",
                           calibration=data, compensate="lstsq")
     assert list(gm.meta["fxprune"].report.timings) == [
-        "trace", "analyze", "score", "select", "rewrite", "verify", "compensate", "report"]
+        "trace", "analyze", "score", "select", "rewrite", "materialize", "verify", "compensate",
+        "report"]
 
 
 class Untraceable(nn.Module):

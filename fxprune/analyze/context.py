@@ -96,8 +96,11 @@ class NodeView:
 
 
 class AnalysisContext(NodeView):
-    def __init__(self, traced: Traced, prune_inputs: bool = False):
+    def __init__(self, traced: Traced, prune_inputs: bool = False, eager: bool = False):
         self.traced = traced
+        # the result re-runs the model's Python (module output): sizes it recomputes from
+        # one attribute (``chunk(2)``, ``split((c, c))``) must stay equal after pruning
+        self.eager = eager
         self.gm = traced.gm
         self.values = traced.values
         self.space = ElementSpace()

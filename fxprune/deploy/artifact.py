@@ -25,6 +25,7 @@ from ..options import (
 )
 from ..pipeline import run
 from ..plan import Plan
+from ..report import result_of
 from ..util import as_inputs
 
 log = logging.getLogger(__name__)
@@ -75,15 +76,18 @@ def save(gm: fx.GraphModule, path: str | Path, *, example_inputs: Sequence[Any] 
     dict, when safetensors is not installed or ``tensor_format="torch"``). ``spec`` records
     where the model came from (the CLI's ``torchvision:NAME``) so :func:`load` can rebuild it
     without a factory."""
-    meta = gm.meta.get("fxprune")
-    if meta is None:
-        raise ArtifactError("save() takes a module returned by fxprune.compress()")
+    try:
+        meta = result_of(gm)
+    except KeyError:
+        raise ArtifactError("save() takes a module returned by fxprune.compress()") from None
     if example_inputs is None:
         models = meta.report.models if meta.report is not None else None
         if not models:
             raise ArtifactError("the example inputs are unknown: pass example_inputs=")
         example_inputs = models.inputs
     options = replay_options(meta.options)
+    if meta.report is not None:  # how it was captured and returned: replayed the same way
+        options["frontend"], options["output"] = meta.report.frontend, meta.report.output
     options["leaf_modules"] = _leaf_names(options["leaf_modules"])
     try:
         json.dumps(options.get("concrete_args"))
@@ -200,7 +204,7 @@ def _registry_factory(spec: str | None) -> Callable[[], torch.nn.Module]:
     whoever edits the artifact choose code to run."""
     if not spec:
         raise ArtifactError("this artifact records no model spec: pass model_factory=")
-    if not spec.startswith(("torchvision:", "timm:")):
+    if not spec.startswith(("torchvision:", "timm:", "ultralytics:")):
         raise ArtifactError(f"the artifact's model comes from {spec!r}; fxprune does not run "
                             "code an artifact names: pass model_factory=")
     from .spec import model_from_spec
@@ -228,8 +232,8 @@ def apply_plan(model: torch.nn.Module, plan: Plan | Sequence[Plan],
             importance="l2", callback=None, calibration=Calibration(),
             compensation=CompensationOptions("none"))
         current = run(current, inputs, step)
-        inputs = current.meta["fxprune"].report.models.pruned_inputs
-    current.meta["fxprune"].history = plans
+        inputs = result_of(current).report.models.pruned_inputs
+    result_of(current).history = plans
     return current
 
 
@@ -265,5 +269,5 @@ def load(path: str | Path, model_factory: Callable[[], torch.nn.Module] | None =
         for name in own.keys() - persistent:
             own[name].copy_(tensors[name])
     gm.train(bool(doc.get("training", False)))
-    gm.meta["fxprune"].extra["loaded_from"] = str(path)
+    result_of(gm).extra["loaded_from"] = str(path)
     return gm

@@ -1,9 +1,9 @@
 """Where the CLI's models and calibration data come from.
 
-SPEC is ``torchvision:NAME[?key=value&...]``, ``timm:NAME`` (when timm is installed) or
-``path/to/file.py:factory``; the factory returns a model or ``(model, example_inputs)``.
-Weights are never downloaded: torchvision and timm models are built untrained unless a
-factory loads its own.
+SPEC is ``torchvision:NAME[?key=value&...]``, ``timm:NAME`` (when timm is installed),
+``ultralytics:yolov8n.yaml`` (when ultralytics is installed) or ``path/to/file.py:factory``;
+the factory returns a model or ``(model, example_inputs)``. Weights are never downloaded:
+zoo models are built untrained unless a factory loads its own.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,8 @@ def model_from_spec(spec: str) -> tuple[torch.nn.Module, tuple | None]:
     """(model in eval mode, example inputs the factory gave or None)."""
     kind, sep, rest = spec.partition(":")
     if not sep or not rest:
-        raise SpecError(f"model spec {spec!r}: use torchvision:NAME, timm:NAME or "
-                        "path/to/file.py:factory")
+        raise SpecError(f"model spec {spec!r}: use torchvision:NAME, timm:NAME, "
+                        "ultralytics:NAME.yaml or path/to/file.py:factory")
     name, _, query = rest.partition("?")
     kwargs = _kwargs(query)
     if kind == "torchvision":
@@ -69,10 +70,31 @@ def model_from_spec(spec: str) -> tuple[torch.nn.Module, tuple | None]:
             return timm.create_model(name, pretrained=False, **kwargs).eval(), None
         except (TypeError, RuntimeError) as exc:
             raise SpecError(f"{spec}: {exc}") from exc
+    if kind == "ultralytics":
+        return _ultralytics(name, kwargs), None
     if spec.endswith(".py") or ".py:" in spec:
         path_s, _, factory = spec.rpartition(":")
         return _from_file(Path(path_s), factory, kwargs)
     raise SpecError(f"model spec {spec!r}: unknown source {kind!r}")
+
+
+def _ultralytics(yaml: str, kwargs: dict) -> torch.nn.Module:
+    """A YOLO model built from its yaml (random init: nothing is downloaded); the task class
+    comes from the yaml's name (``-seg``, ``-pose``, ``-obb``, ``-cls``)."""
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    try:
+        from ultralytics.nn import tasks
+    except ImportError as exc:
+        raise SpecError("ultralytics:NAME.yaml needs ultralytics installed "
+                        "(pip install 'fxprune[yolo]')") from exc
+    stem = Path(yaml).stem
+    cls = next((c for suffix, c in (("-seg", "SegmentationModel"), ("-pose", "PoseModel"),
+                                    ("-obb", "OBBModel"), ("-cls", "ClassificationModel"))
+                if stem.endswith(suffix)), "DetectionModel")
+    try:
+        return getattr(tasks, cls)(yaml, verbose=False, **kwargs).eval()
+    except (FileNotFoundError, KeyError, TypeError) as exc:
+        raise SpecError(f"ultralytics:{yaml}: {exc}") from exc
 
 
 def _from_file(path: Path, factory: str, kwargs: dict) -> tuple[torch.nn.Module, tuple | None]:

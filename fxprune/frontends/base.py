@@ -31,6 +31,8 @@ class Traced:
     values: dict[str, Any] = field(default_factory=dict)
     example_inputs: tuple = ()
     frontend: str = "fx"
+    source: torch.nn.Module | None = None  # the eager model the graph came from (export)
+    call: tuple[tuple, dict[str, Any]] | None = None  # how that model is called: args, kwargs
 
     @functools.cached_property
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -92,15 +94,17 @@ def record(gm: fx.GraphModule, inputs: tuple) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class TraceOptions:
-    """How the model is captured. ``frontend`` names a module of :mod:`fxprune.frontends`;
-    ``leaf_modules`` (types or qualified names) and ``concrete_args`` go to the fx tracer.
+    """How the model is captured. ``frontend`` names a module of :mod:`fxprune.frontends`
+    ("auto": fx, else export); ``leaf_modules`` (types or qualified names) and
+    ``concrete_args`` go to the fx tracer, ``example_kwargs`` (keyword inputs) to export.
     The graph owns a copy of the model's modules and tensors unless ``share`` (the
     regularisers train the caller's own parameters through it)."""
 
-    frontend: str = "fx"
+    frontend: str = "auto"
     leaf_modules: tuple[type | str, ...] = ()
     concrete_args: dict[str, Any] | None = None
     share: bool = False
+    example_kwargs: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "leaf_modules", tuple(self.leaf_modules))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import torch
 import torch.fx as fx
 
 from ..analyze.context import AnalysisContext, DerivedSize
 from ..analyze.elements import Axis, Category, plain_axis
 from ..frontends.base import TensorSpec
 from .base import Rule
+
+_SYM_SIZE = torch.ops.aten.sym_size.int
 
 
 class Placeholder(Rule):
@@ -80,22 +83,26 @@ class NonTensor(Rule):
             return
         axes = ctx.axes_of(x)
         what = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-        if node.target == "size" and isinstance(what, int):
+        if node.target in ("size", _SYM_SIZE) and isinstance(what, int):
             ctx.sizes[node.name] = axes[what]  # provenance: this int is that dim's size
         elif node.target == "size" or what == "shape":
             ctx.sizes[node.name] = list(axes)
 
 
 class Unary(Rule):
-    """Elementwise in its first tensor argument: output element i depends on input element i."""
+    """Elementwise in its first tensor argument: output element i depends on input element i.
+    With ``first_only`` other tensor arguments are read for their dtype alone (``type_as``)."""
 
     name = "elementwise"
     channelwise = True
 
+    def __init__(self, first_only: bool = False):
+        self.first_only = first_only
+
     def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
         x = node.args[0] if node.args else next(iter(node.kwargs.values()))
         others = [a for a in list(node.args[1:]) + list(node.kwargs.values())
-                  if isinstance(a, fx.Node) and ctx.is_tensor(a)]
+                  if isinstance(a, fx.Node) and ctx.is_tensor(a) and not self.first_only]
         if others:  # e.g. clamp(x, min=t): tensor operands broadcast like a binary op
             Broadcast().analyze(ctx, node)
             return
@@ -175,3 +182,21 @@ class GLU(Rule):
         out = list(xa)
         out[d] = plain_axis(ids[:half])
         ctx.set_out(out)
+
+
+class Creation(Rule):
+    """arange / full / new_zeros / meshgrid / scalar_tensor: tensors made from literal sizes,
+    not from channels. Their dims stay whole (no rule rewrites those literals), so whatever
+    they broadcast with keeps its channels."""
+
+    name = "creation"
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        def frozen(val):
+            if isinstance(val, TensorSpec):
+                return ctx.fresh(val.shape, frozen="made from literal sizes")
+            if isinstance(val, (list, tuple)):
+                return tuple(frozen(v) for v in val)
+            return None
+
+        ctx.set_out(frozen(ctx.value(node)))

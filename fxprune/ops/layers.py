@@ -72,9 +72,10 @@ class Conv(Rule):
     name = "conv"
     producer_dim = 1
 
-    def __init__(self, transposed: bool = False):
+    def __init__(self, transposed: bool = False, groups_at: int | None = None):
         self.transposed = transposed
         self.refits = not transposed  # compensation refits conv weights with groups == 1
+        self.groups_at = groups_at if groups_at is not None else 6  # F.conv*/aten.conv*
 
     def weight_of(self, node: fx.Node) -> str | None:
         return _weight_name(node)
@@ -82,7 +83,7 @@ class Conv(Rule):
     def _groups(self, ctx: NodeView, node: fx.Node) -> int:
         if node.op == "call_module":
             return int(ctx.modules[node.target].groups)
-        return int(arg(node, 7 if self.transposed else 6, "groups", 1))
+        return int(arg(node, self.groups_at, "groups", 1))
 
     def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
         x = node.args[0]
@@ -169,7 +170,31 @@ class Conv(Rule):
             mod.in_channels = new_in
             mod.out_channels = new_out
         elif new_g != g:
-            set_arg(node, 7 if self.transposed else 6, "groups", new_g)
+            set_arg(node, self.groups_at, "groups", new_g)
+
+
+class Convolution(Rule):
+    """``aten.convolution(x, w, b, stride, padding, dilation, transposed, output_padding,
+    groups)``: a conv or a transposed conv, as its ``transposed`` argument says."""
+
+    name = "conv"
+    producer_dim = 1
+    refits = False  # only known per node; compensation leaves it alone
+
+    def __init__(self):
+        self._plain, self._transposed = Conv(False, 8), Conv(True, 8)
+
+    def _rule(self, node: fx.Node) -> Conv:
+        return self._transposed if arg(node, 6, "transposed", False) else self._plain
+
+    def weight_of(self, node: fx.Node) -> str | None:
+        return _weight_name(node)
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        self._rule(node).analyze(ctx, node)
+
+    def rewrite(self, rctx: RewriteContext, node: fx.Node) -> None:
+        self._rule(node).rewrite(rctx, node)
 
 
 class Linear(Rule):
@@ -235,7 +260,12 @@ class ChannelNorm(Rule):
             info = _param_arg(ctx, node, index, name, name)
             if info is not None and info.shape[0] == ctx.shape(node.args[0])[cdim]:
                 ctx.link(info, 0, xa[cdim], "norm")
-        ctx.set_out(list(xa))
+        val = ctx.value(node)
+        if isinstance(val, tuple):  # ATen's (out, saved mean, saved rstd): only out is read
+            extra = tuple(ctx.fresh(v.shape, frozen="saved statistics") for v in val[1:])
+            ctx.set_out((list(xa),) + extra)
+        else:
+            ctx.set_out(list(xa))
 
     def rewrite(self, rctx: RewriteContext, node: fx.Node) -> None:
         if node.op == "call_module" and self.attr:
@@ -318,9 +348,13 @@ class Embedding(Rule):
 
     name = "embedding"
 
+    def __init__(self, weight_at: int = 1):
+        self.weight_at = weight_at  # F.embedding(input, weight); aten.embedding(weight, input)
+
     def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
-        idx = ctx.axes_of(node.args[0])
-        w = _param_arg(ctx, node, 1, "weight", "weight")
+        idx = ctx.axes_of(node.args[1 - self.weight_at] if node.op != "call_module"
+                          else node.args[0])
+        w = _param_arg(ctx, node, self.weight_at, "weight", "weight")
         out_shape = ctx.out_shape()
         if w is None:
             ctx.set_out(ctx.fresh(out_shape))

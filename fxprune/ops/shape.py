@@ -62,6 +62,12 @@ def _merge(ctx: AnalysisContext, axes: list[Axis]) -> Axis:
     return plain_axis(np.tile(np.repeat(ids, after), before))
 
 
+_aten = torch.ops.aten
+_SHAPE_TARGETS = ("view", "reshape", torch.reshape, _aten.view.default, _aten.reshape.default,
+                  _aten._unsafe_view.default)  # sizes follow the input: view(x, *sizes)
+_UNFLATTEN_TARGETS = ("unflatten", torch.unflatten, _aten.unflatten.int)
+
+
 class Reshape(Rule):
     """view/reshape/flatten/unflatten/squeeze/unsqueeze: merges and splits of dims.
 
@@ -104,7 +110,7 @@ class Reshape(Rule):
                 d = norm_dim(mod.dim, len(new))
                 mod.unflattened_size = tuple(new[d:d + len(mod.unflattened_size)])
             return
-        if target in ("view", "reshape") or target is torch.reshape:
+        if target in _SHAPE_TARGETS:
             shape_args = node.args[1:]
             if len(shape_args) == 1 and isinstance(shape_args[0], (tuple, list)):
                 fixed = _fix_sizes(shape_args[0], new, old, rctx)
@@ -113,7 +119,7 @@ class Reshape(Rule):
                 node.args = (node.args[0], *_fix_sizes(shape_args, new, old, rctx))
             elif "shape" in node.kwargs:
                 set_arg(node, 1, "shape", tuple(_fix_sizes(node.kwargs["shape"], new, old, rctx)))
-        elif target in ("unflatten", torch.unflatten):
+        elif target in _UNFLATTEN_TARGETS:
             d = norm_dim(arg(node, 1, "dim"), len(old) - len(arg(node, 2, "sizes")) + 1)
             sizes = arg(node, 2, "sizes")
             set_arg(node, 2, "sizes", tuple(_fix_sizes(sizes, new[d:d + len(sizes)])))
@@ -144,17 +150,17 @@ class Permute(Rule):
         n = len(xa)
         t = node.target
         rest = node.args[1:]
-        if t in ("permute", torch.permute):
+        if t in ("permute", torch.permute, _aten.permute.default):
             perm = rest[0] if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else rest
             if not rest:
                 perm = node.kwargs.get("dims")
             perm = [norm_dim(int(p), n) for p in perm]
-        elif t in ("transpose", torch.transpose, "swapaxes", "swapdims"):
+        elif t in ("transpose", torch.transpose, "swapaxes", "swapdims", _aten.transpose.int):
             a = norm_dim(int(arg(node, 1, "dim0")), n)
             b = norm_dim(int(arg(node, 2, "dim1")), n)
             perm = list(range(n))
             perm[a], perm[b] = perm[b], perm[a]
-        elif t in ("t", torch.t):
+        elif t in ("t", torch.t, _aten.t.default):
             perm = list(range(n))[::-1]
         else:  # movedim
             src, dst = arg(node, 1, "source"), arg(node, 2, "destination")

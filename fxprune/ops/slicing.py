@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 import numpy as np
 import torch
 import torch.fx as fx
@@ -55,14 +57,19 @@ class Split(Rule):
         xa = ctx.axes_of(node.args[0])
         d = self._dim(ctx, node)
         ids = ctx.ids(xa[d])
-        parts = []
+        parts, by_size = [], defaultdict(list)
         start = 0
         for spec in ctx.value(node):
             n = spec.shape[d]
             piece = list(xa)
             piece[d] = plain_axis(ids[start:start + n])
             parts.append(piece)
+            by_size[n].append(ids[start:start + n])
             start += n
+        if ctx.eager:  # the forward computes these sizes again, from one number each
+            for pieces in by_size.values():
+                ctx.equal_count(np.stack(pieces), "pieces the forward splits by one size",
+                                False)
         ctx.set_out(tuple(parts))
 
     def rewrite(self, rctx: RewriteContext, node: fx.Node) -> None:
@@ -74,6 +81,8 @@ class Split(Rule):
             return
         if node.op == "call_method":
             node.target = "split"
+        elif isinstance(node.target, torch._ops.OpOverload):  # an ATen graph stays ATen
+            node.target = torch.ops.aten.split_with_sizes.default
         else:
             node.target = torch.split
         node.args = (node.args[0], sizes, d)
@@ -239,3 +248,79 @@ def _index_plan(idx, shape):
         plan.append(("full", d, None))
         d += 1
     return plan
+
+
+class Slice(Rule):
+    """``aten.slice(x, dim, start, end, step)``: ``x[..., a:b]`` as ATen writes it (a full
+    slice, ``end = 2**63 - 1``, is the identity); bounds along a shrunk dim are recomputed."""
+
+    name = "slice"
+
+    def _bounds(self, view: NodeView, node: fx.Node) -> tuple[int, int, int, int]:
+        n = len(view.shape(node.args[0]))
+        d = norm_dim(int(arg(node, 1, "dim", 0)), n)
+        size = view.shape(node.args[0])[d]
+        start, stop, step = slice(arg(node, 2, "start"), arg(node, 3, "end"),
+                                  arg(node, 4, "step", 1)).indices(size)
+        return d, start, stop, step
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        xa = ctx.axes_of(node.args[0])
+        d, start, stop, step = self._bounds(ctx, node)
+        out = list(xa)
+        if (start, stop, step) != (0, ctx.shape(node.args[0])[d], 1):
+            if step != 1:
+                ctx.freeze(xa[d], "strided slice")
+            out[d] = plain_axis(ctx.ids(xa[d])[start:stop:step])
+        ctx.set_out(out)
+
+    def rewrite(self, rctx: RewriteContext, node: fx.Node) -> None:
+        d, start, stop, step = self._bounds(rctx, node)
+        if step != 1 or (start, stop) == (0, rctx.old_shape(node.args[0])[d]):
+            return
+        mask = rctx.kept_mask(rctx.axes_of(node.args[0])[d])
+        a = int(mask[:start].sum())
+        set_arg(node, 2, "start", a)
+        set_arg(node, 3, "end", a + int(mask[start:stop].sum()))
+
+
+class Select(Rule):
+    """``aten.select(x, dim, i)`` = ``x[..., i]``: one block of a reshaped projection (q of
+    qkv), else the indexed dim is kept whole."""
+
+    name = "select"
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        xa = ctx.axes_of(node.args[0])
+        d = norm_dim(int(arg(node, 1, "dim")), len(xa))
+        i = int(arg(node, 2, "index"))
+        picked = ctx.select_block(xa, d, i)
+        if picked is not None:
+            ctx.set_out(picked)
+            return
+        ctx.freeze(xa[d], "indexed by an integer")
+        ctx.set_out([ax for k, ax in enumerate(xa) if k != d])
+
+
+class Index(Rule):
+    """``aten.index(x, [None, idx, ...])``: one tensor index gathers along its dim (kept
+    whole; the index's own dims replace it); more than one is frozen whole."""
+
+    name = "index"
+
+    def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        xa = ctx.axes_of(node.args[0])
+        indices = list(arg(node, 1, "indices"))
+        used = [d for d, i in enumerate(indices) if i is not None]
+        out_shape = ctx.out_shape()
+        if len(used) != 1 or not isinstance(indices[used[0]], fx.Node):
+            ctx.set_out(ctx.fresh(out_shape))
+            ctx.freeze_all("advanced indexing with several index tensors")
+            return
+        d = used[0]
+        ctx.freeze(xa[d], "gathered by a tensor index")
+        for ax in ctx.axes_of(indices[d]):
+            ctx.freeze(ax, "index tensor")
+        n_idx = len(ctx.shape(indices[d]))
+        ctx.set_out(list(xa[:d]) + ctx.fresh(out_shape[d:d + n_idx], frozen="gathered dim")
+                    + list(xa[d + 1:]))

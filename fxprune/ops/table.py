@@ -18,10 +18,19 @@ import torch.nn.functional as F
 
 from .attention import Einsum, MatMul, ScaledDotProductAttention
 from .base import Rule, Unknown
-from .elementwise import GLU, Broadcast, GetAttr, NonTensor, Output, Placeholder, Unary
-from .layers import ChannelNorm, Conv, Embedding, GroupNorm, LayerNorm, Linear
+from .elementwise import (
+    GLU,
+    Broadcast,
+    Creation,
+    GetAttr,
+    NonTensor,
+    Output,
+    Placeholder,
+    Unary,
+)
+from .layers import ChannelNorm, Conv, Convolution, Embedding, GroupNorm, LayerNorm, Linear
 from .shape import ChannelShuffle, Expand, ExpandAs, Permute, PixelShuffle, Repeat, Reshape
-from .slicing import Cat, GetItem, Narrow, Split, Stack, Unbind
+from .slicing import Cat, GetItem, Index, Narrow, Select, Slice, Split, Stack, Unbind
 from .spatial import Pad, Reduce, Roll, Softmax, Spatial
 
 try:  # torchvision is optional for the table
@@ -157,7 +166,110 @@ def _build() -> tuple[dict[Any, Rule], dict[Any, Rule], dict[str, Rule]]:
     return modules, functions, methods
 
 
+# ---- ATen overloads (the export frontend's graphs) ----------------------------------------
+aten = torch.ops.aten
+_ATEN_BN = ChannelNorm(((1, "weight"), (2, "bias"), (3, "running_mean"), (4, "running_var")),
+                       None)  # aten.batch_norm(x, weight, bias, mean, var, ...)
+_ATEN_UNARY = (
+    "relu relu_ relu6 silu silu_ gelu gelu_ hardswish hardswish_ hardsigmoid hardsigmoid_ "
+    "sigmoid sigmoid_ tanh tanh_ leaky_relu leaky_relu_ elu elu_ selu celu softplus mish "
+    "mish_ hardtanh hardtanh_ abs neg exp sqrt rsqrt log log1p expm1 erf reciprocal sin cos "
+    "floor ceil round sign logical_not square clamp clamp_ clamp_min clamp_max "
+    "contiguous clone detach alias dropout lift_fresh_copy zeros_like ones_like "
+    "full_like empty_like"
+).split()
+_ATEN_BINARY = (
+    "add.Tensor add.Scalar add_.Tensor sub.Tensor sub.Scalar sub_.Tensor rsub.Tensor "
+    "rsub.Scalar mul.Tensor mul.Scalar mul_.Tensor div.Tensor div.Scalar div.Tensor_mode "
+    "div_.Tensor floor_divide.default remainder.Tensor remainder.Scalar maximum.default "
+    "minimum.default where.self where.ScalarOther where.ScalarSelf gt.Tensor gt.Scalar "
+    "lt.Tensor lt.Scalar ge.Tensor ge.Scalar le.Tensor le.Scalar eq.Tensor eq.Scalar "
+    "ne.Tensor ne.Scalar logical_and.default logical_or.default pow.Tensor_Tensor "
+    "pow.Tensor_Scalar pow.Scalar masked_fill.Scalar masked_fill.Tensor"
+).split()
+_ATEN_REDUCE = (
+    "mean.dim mean.default sum.dim_IntList sum.default amax.default amin.default max.dim "
+    "min.dim var.correction std.correction var.dim std.dim logsumexp.default prod.dim_int"
+).split()
+_ATEN_CREATION = (
+    "arange.default arange.start arange.start_step full.default zeros.default ones.default "
+    "empty.memory_format new_full.default new_zeros.default new_ones.default "
+    "new_empty.default scalar_tensor.default meshgrid.default meshgrid.indexing "
+    "linspace.default tensor.default"
+).split()
+_ATEN_UPSAMPLE = (
+    "upsample_nearest1d.vec upsample_nearest2d.vec upsample_nearest3d.vec "
+    "upsample_linear1d.vec upsample_bilinear2d.vec upsample_bicubic2d.vec "
+    "upsample_trilinear3d.vec _upsample_nearest_exact1d.vec _upsample_nearest_exact2d.vec "
+    "_upsample_nearest_exact3d.vec _upsample_bilinear2d_aa.vec upsample_nearest2d.default "
+    "upsample_bilinear2d.default"
+).split()
+_ATEN_NON_TENSOR = "item.default sym_size.int _assert_tensor_metadata.default " \
+    "_assert_scalar.default sym_constrain_range_for_size.default".split()
+
+
+def _overload(name: str):
+    """``"add.Tensor"`` -> aten.add.Tensor; a bare name is its ``.default`` overload. None
+    when this torch has no such overload."""
+    op, _, overload = name.partition(".")
+    packet = getattr(aten, op, None)
+    return getattr(packet, overload or "default", None) if packet is not None else None
+
+
+def _build_aten() -> dict[Any, Rule]:
+    rules: dict[Any, Rule] = {
+        aten.conv1d.default: Conv(), aten.conv2d.default: Conv(), aten.conv3d.default: Conv(),
+        aten.conv1d.padding: Conv(), aten.conv2d.padding: Conv(), aten.conv3d.padding: Conv(),
+        aten.conv_transpose1d.default: Conv(True), aten.conv_transpose2d.input: Conv(True),
+        aten.conv_transpose3d.input: Conv(True), aten.convolution.default: Convolution(),
+        aten.linear.default: Linear(),
+        aten.batch_norm.default: _ATEN_BN, aten.instance_norm.default: _ATEN_BN,
+        aten._native_batch_norm_legit_no_training.default: _ATEN_BN,
+        aten.layer_norm.default: LayerNorm(), aten.group_norm.default: GroupNorm(),
+        aten.prelu.default: _PRELU, aten.embedding.default: Embedding(weight_at=0),
+        aten.matmul.default: _MATMUL, aten.mm.default: _MATMUL, aten.bmm.default: _MATMUL,
+        aten.scaled_dot_product_attention.default: ScaledDotProductAttention(),
+        aten.softmax.int: _SOFTMAX, aten._softmax.default: _SOFTMAX,
+        aten.log_softmax.int: _SOFTMAX, aten._log_softmax.default: _SOFTMAX,
+        aten.glu.default: _GLU,
+        aten.view.default: _RESHAPE, aten.reshape.default: _RESHAPE,
+        aten._unsafe_view.default: _RESHAPE, aten.flatten.using_ints: _RESHAPE,
+        aten.unflatten.int: _RESHAPE, aten.squeeze.dim: _RESHAPE, aten.squeeze.dims: _RESHAPE,
+        aten.squeeze.default: _RESHAPE, aten.unsqueeze.default: _RESHAPE,
+        aten.permute.default: _PERMUTE, aten.transpose.int: _PERMUTE, aten.t.default: _PERMUTE,
+        aten.movedim.int: _PERMUTE, aten.expand.default: Expand(), aten.repeat.default: Repeat(),
+        aten.cat.default: Cat(), aten.stack.default: Stack(), aten.split.Tensor: _SPLIT,
+        aten.split_with_sizes.default: _SPLIT, aten.chunk.default: _SPLIT,
+        aten.unbind.int: Unbind(), aten.narrow.default: Narrow(), aten.slice.Tensor: Slice(),
+        aten.select.int: Select(), aten.index.Tensor: Index(),
+        aten.pad.default: Pad(), aten.constant_pad_nd.default: Pad(),
+        aten.roll.default: Roll(),
+        aten.channel_shuffle.default: ChannelShuffle(),
+        aten.native_channel_shuffle.default: ChannelShuffle(),
+        aten.pixel_shuffle.default: PixelShuffle(),
+        aten.pixel_unshuffle.default: PixelShuffle(inverse=True),
+        aten.type_as.default: Unary(first_only=True), aten.to.dtype: _UNARY,
+        aten.to.dtype_layout: _UNARY, aten._to_copy.default: _UNARY,
+    }
+    for nd in (1, 2, 3):
+        for op in ("max_pool", "avg_pool", "adaptive_avg_pool", "adaptive_max_pool"):
+            rules[getattr(aten, f"{op}{nd}d").default] = Spatial(nd)
+    for name in _ATEN_UPSAMPLE:
+        op = _overload(name)
+        if op is not None:
+            rules[op] = Spatial(None)
+    for names, rule in ((_ATEN_UNARY, _UNARY), (_ATEN_BINARY, _BROADCAST),
+                        (_ATEN_REDUCE, _REDUCE), (_ATEN_CREATION, Creation()),
+                        (_ATEN_NON_TENSOR, _SIZE)):
+        for name in names:
+            op = _overload(name)
+            if op is not None:
+                rules[op] = rule
+    return rules
+
+
 MODULE_RULES, FUNCTION_RULES, METHOD_RULES = _build()
+FUNCTION_RULES.update(_build_aten())
 _PLACEHOLDER, _OUTPUT, _GETATTR, _UNKNOWN = Placeholder(), Output(), GetAttr(), Unknown()
 
 

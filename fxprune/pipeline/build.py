@@ -20,13 +20,13 @@ log = logging.getLogger(__name__)
 
 
 def build(traced: Traced, freeze_nodes: frozenset[str] = frozenset(),
-          prune_inputs: bool = False, freeze_elements: np.ndarray | None = None
-          ) -> ChannelGraph:
+          prune_inputs: bool = False, freeze_elements: np.ndarray | None = None,
+          eager: bool = False) -> ChannelGraph:
     """The channel graph of ``traced``. ``freeze_nodes`` keep all their channels and
     ``freeze_elements`` (element ids of an earlier build: allocation is deterministic) stay
     whole - the rewrite's fallbacks; ``prune_inputs`` leaves the inputs' feature axis
-    prunable."""
-    ctx = AnalysisContext(traced, prune_inputs)
+    prunable; ``eager``: the result re-runs the model's own forward (module output)."""
+    ctx = AnalysisContext(traced, prune_inputs, eager)
     rules: dict[str, NodeRule] = {}
     for node in traced.gm.graph.nodes:
         ctx.node = node

@@ -12,10 +12,11 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from ..errors import BUG_HINT, FxPruneError, RewriteError, StageError, first_line
+from ..errors import BUG_HINT, FxPruneError, RewriteError, StageError, TraceError, first_line
 from ..options import CompressOptions
 from ..util import as_inputs
 from . import stages
+from .regions import prune_regions
 from .state import Fallback, State
 from .steps import run_steps
 
@@ -28,22 +29,30 @@ def run(model: torch.nn.Module, example_inputs, options: CompressOptions) -> fx.
     if options.steps > 1:
         return run_steps(model, as_inputs(example_inputs), options, once=run)
     state = State(model, as_inputs(example_inputs), options, options.plugin())
-    _timed(state, "trace", stages.capture)
+    try:
+        _timed(state, "trace", stages.capture)
+    except TraceError as exc:
+        if options.trace.frontend != "auto":
+            raise
+        # neither frontend captures the whole model: prune the submodules that do
+        return prune_regions(model, state.inputs, options, run, first_line(exc))
     _until_rewritten(state)
     for name, stage in (("verify", stages.verify), ("compensate", stages.compensate),
                         ("report", stages.report)):
         _timed(state, name, stage)
-    return state.pruned
+    return state.result
 
 
 def _until_rewritten(state: State) -> None:
-    """analyze -> score -> select -> rewrite, freezing the node a rewrite failed at."""
+    """analyze -> score -> select -> rewrite -> materialize, freezing what a rewrite (or the
+    module output's own forward) failed at."""
     for _attempt in range(MAX_REWRITE_RETRIES + 1):
         _timed(state, "analyze", stages.analyze)
         _timed(state, "score", stages.score)
         try:
             _timed(state, "select", stages.select)
             _timed(state, "rewrite", stages.rewrite)
+            _timed(state, "materialize", stages.materialize)
             return
         except RewriteError as exc:
             # never a wrong model: what failed keeps its channels and the report says so
@@ -63,6 +72,10 @@ def _keep_whole(state: State, exc: RewriteError) -> bool:
         if old is not None and new.size == old.size:
             return False
         state.frozen_elements = new
+    elif exc.nodes:
+        if exc.nodes <= state.frozen_nodes:
+            return False
+        state.frozen_nodes = state.frozen_nodes | exc.nodes
     elif exc.node is None or exc.node in state.frozen_nodes:
         return False
     else:

@@ -1,6 +1,6 @@
-"""The stages, in order: capture -> analyze -> score -> select -> rewrite -> verify ->
-compensate -> report. Each reads what earlier stages left in the :class:`State` and adds its
-own; the runner calls them, times them and owns the retry policy."""
+"""The stages, in order: capture -> analyze -> score -> select -> rewrite -> materialize ->
+verify -> compensate -> report. Each reads what earlier stages left in the :class:`State`
+and adds its own; the runner calls them, times them and owns the retry policy."""
 
 from __future__ import annotations
 
@@ -13,15 +13,16 @@ import torch
 
 from .. import frontends
 from ..budget import solve as solve_budget
-from ..errors import VerificationError
+from ..errors import OptionError, RewriteError, VerificationError, first_line
 from ..options import SelectOptions
+from ..passes import module_output
 from ..passes.compensate import compensate as refit_consumers
 from ..passes.inputs import input_map, inputs_for
 from ..passes.prune import PruneChannels
 from ..plan import Plan
-from ..report import CompressResult, Models, Report, count_cost, count_params
+from ..report import CompressResult, Models, Report, count_cost, count_params, remember
 from ..select import select as select_units
-from ..verify import check, compare
+from ..verify import check, check_module, clone_as, compare
 from .build import build
 from .state import State
 
@@ -31,11 +32,18 @@ log = logging.getLogger(__name__)
 def capture(state: State) -> None:
     opts = state.options.trace
     state.traced = frontends.get(opts.frontend).capture(state.model, state.inputs, opts)
+    state.inputs = state.traced.example_inputs  # keyword inputs, flattened by export
+    state.output = state.options.output or (
+        "module" if state.traced.source is not None else "graph")
+    if state.output == "module" and state.traced.source is None:
+        raise OptionError("output='module' needs the export frontend (frontend='export' or "
+                          "'auto' on a model torch.fx cannot trace); the fx frontend's graph "
+                          "runs the model's modules already")
 
 
 def analyze(state: State) -> None:
     state.graph = build(state.traced, state.frozen_nodes, state.options.inputs.prune_inputs,
-                        state.frozen_elements)
+                        state.frozen_elements, eager=state.output == "module")
 
 
 def score(state: State) -> None:
@@ -103,6 +111,39 @@ def rewrite(state: State) -> None:
     state.pruned_inputs = inputs_for(gm, state.graph, state.removed, state.inputs)
 
 
+def materialize(state: State) -> None:
+    """Module output: the caller's class with the pruned tensors and attributes, run against
+    the masked original. What its Python disagreed on is kept whole and the graph redone."""
+    if state.output != "module":
+        return
+    out = module_output.build(state.model, state.graph, state.removed, state.pruned)
+    if out.missing:
+        ids = np.concatenate([np.concatenate([ax.comp.ids.reshape(-1) for ax in
+                                              state.graph.params[q].axes]) for q in out.missing])
+        raise RewriteError(f"module output: no attribute of {type(state.model).__name__} holds "
+                           f"{out.missing}; their channels are kept", elements=np.unique(ids))
+    state.module_out = out
+    if not state.options.verify:
+        return
+    result, failed, detail = None, None, ""
+    for dtype in (torch.float64, torch.float32):  # float32: code that makes float32 tensors
+        probe = clone_as(out.module, dtype)
+        try:
+            result = check_module(probe, state.graph, state.removed, state.pruned,
+                                  state.traced.call, dtype)
+            break
+        except Exception as exc:  # noqa: BLE001 - the module that raised is named and frozen
+            failed, detail = module_output.failing_module(exc, probe), f" ({first_line(exc)})"
+    if result is not None and result.ok:
+        state.module_verify = result
+        return
+    nodes, why = module_output.suspects(out, failed, state.frozen_nodes)
+    if not nodes - state.frozen_nodes:
+        raise VerificationError(f"the pruned {type(state.model).__name__} does not match the "
+                                f"masked original: {why}{detail}. Try output='graph'.")
+    raise RewriteError(f"{why}{detail}; keeping those channels", nodes=frozenset(nodes))
+
+
 def verify(state: State) -> None:
     if not state.options.verify:
         return
@@ -137,12 +178,22 @@ def compensate(state: State) -> None:
 
 def report(state: State) -> None:
     graph, gm, plan = state.graph, state.pruned, state.plan
+    out = state.module_out
     extra = {"uncompensated": state.uncompensated} if state.uncompensated is not None else {}
     rep = Report(
         params_before=count_params(graph.traced.gm), params_after=count_params(gm),
         groups=plan.groups, frozen=graph.frozen_reasons, notes=plan.notes, verify=state.verify,
         timings=state.timings, fallbacks=[str(f) for f in state.fallbacks],
         models=Models(graph.traced.gm, gm, state.inputs, state.pruned_inputs),
-        compensation=state.compensation, budget=state.budget)
-    gm.meta["fxprune"] = CompressResult(plan, rep, graph, np.asarray(state.removed), extra,
-                                        options=state.options)
+        compensation=state.compensation, budget=state.budget, output=state.output,
+        frontend=state.traced.frontend, module_verify=state.module_verify,
+        attributes=[str(e) for e in out.edits] if out is not None else [])
+    result = CompressResult(plan, rep, graph, np.asarray(state.removed), extra,
+                            options=state.options)
+    gm.meta["fxprune"] = result
+    state.result = gm
+    if out is not None:  # compensation refitted the graph's tensors: the module takes them
+        module_output.assign_tensors(out.module, graph, gm)
+        out.module.train(state.model.training)
+        remember(out.module, result)
+        state.result = out.module

@@ -16,6 +16,7 @@ from ..frontends.base import Traced
 from ..importance.base import Importance
 from ..options import CompressOptions
 from ..passes.compensate import CompensationReport
+from ..passes.module_output import ModuleOutput
 from ..plan import Plan
 from ..verify import VerifyResult
 
@@ -55,3 +56,7 @@ class State:
     verify: VerifyResult | None = None  # verify
     compensation: CompensationReport | None = None  # compensate
     uncompensated: dict[str, Any] | None = None
+    output: str = "graph"  # capture: "graph" or "module"
+    module_out: ModuleOutput | None = None  # materialize
+    module_verify: VerifyResult | None = None
+    result: torch.nn.Module | None = None  # report: what compress returns

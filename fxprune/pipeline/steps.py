@@ -13,7 +13,7 @@ from ..budget import BudgetResult
 from ..errors import FxPruneError, StageError, first_line
 from ..options import Budget, CompressOptions
 from ..plan import Plan
-from ..report import Models, count_cost, count_params
+from ..report import Models, count_cost, count_params, result_of
 
 Once = Callable[[torch.nn.Module, tuple, CompressOptions], fx.GraphModule]
 
@@ -33,7 +33,7 @@ def run_steps(model: torch.nn.Module, inputs: tuple, options: CompressOptions, *
     """``options.steps`` runs of ``once`` (the single-step pipeline), each on the previous
     result. A ratio is split geometrically (every step keeps the same fraction); a budget is
     re-aimed after every step from the cost actually reached, so the steps shrink the model
-    evenly and the last one lands on the target. ``gm.meta["fxprune"].history`` holds every
+    evenly and the last one lands on the target. ``result_of(gm).history`` holds every
     step's plan (``fxprune.save`` stores them all)."""
     steps, budget, callback = options.steps, options.budget, options.callback
     keep = 1.0 - options.select.ratio
@@ -51,12 +51,12 @@ def run_steps(model: torch.nn.Module, inputs: tuple, options: CompressOptions, *
             step_options = dataclasses.replace(options, steps=1, select=dataclasses.replace(
                 options.select, ratio=1.0 - keep ** (1.0 / steps)))
         gm = once(current, step_inputs, step_options)
-        meta = gm.meta["fxprune"]
+        meta = result_of(gm)
         history.extend(meta.history)
         notes.extend(f"step {step}: {n}" for n in meta.plan.notes)
         step_inputs = meta.report.models.pruned_inputs
         current = _call_back(callback, gm, step) if step < steps and callback else gm
-    meta = gm.meta["fxprune"]
+    meta = result_of(gm)
     last = meta.report
     report = dataclasses.replace(
         last, params_before=count_params(model), notes=notes,

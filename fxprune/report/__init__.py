@@ -2,6 +2,7 @@
 table and picture, the counters budgets use, and the record kept on the pruned module."""
 
 from .counting import count_cost, count_flops, count_params
-from .summary import CompressResult, Models, Report
+from .summary import CompressResult, Models, Report, remember, result_of
 
-__all__ = ["CompressResult", "Models", "Report", "count_cost", "count_flops", "count_params"]
+__all__ = ["CompressResult", "Models", "Report", "count_cost", "count_flops", "count_params",
+           "remember", "result_of"]

@@ -3,6 +3,7 @@ and the record a pruned module carries (``CompressResult``)."""
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, NamedTuple
@@ -42,6 +43,10 @@ class Report:
     compensation: CompensationReport | None = None  # when compress(compensate=...) ran
     budget: BudgetResult | None = None  # when compress(target_flops/params=...) ran
     fallbacks: list[str] = field(default_factory=list)  # rewrite failures kept whole, retried
+    output: str = "graph"  # what compress returned: the pruned graph or the caller's class
+    frontend: str = "fx"
+    module_verify: VerifyResult | None = None  # module output: the module itself, checked
+    attributes: list[str] = field(default_factory=list)  # module attributes updated
 
     @cached_property
     def flops_before(self) -> int:
@@ -71,7 +76,9 @@ class Report:
             "verify": str(self.verify) if self.verify is not None else None,
             "verify_ok": self.verify.ok if self.verify is not None else None,
             "budget": str(self.budget) if self.budget is not None else None,
-            "timings": self.timings, "fallbacks": self.fallbacks,
+            "timings": self.timings, "fallbacks": self.fallbacks, "output": self.output,
+            "frontend": self.frontend, "attributes": self.attributes,
+            "module_verify": str(self.module_verify) if self.module_verify else None,
             "layers": as_json(self.layers()),
         }
 
@@ -88,12 +95,18 @@ class Report:
             f"groups pruned: {sum(1 for g in self.groups.values() if g['after'] < g['before'])}"
             f" of {len(self.groups)}",
             f"verify: {self.verify if self.verify is not None else 'skipped'}",
+            f"output: {self.output} (frontend {self.frontend})" + (
+                f"; the module itself: {self.module_verify}" if self.module_verify else ""),
             "time: " + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()),
         ]
         if self.frozen:
             lines.append(f"frozen: {len(self.frozen)} reason(s), e.g. "
                          + "; ".join(f"{f.node}: {f.message}" for f in self.frozen[:3]))
         lines.extend(f"fallback: {f}" for f in self.fallbacks)
+        if self.attributes:
+            lines.append(f"attributes updated ({len(self.attributes)}): "
+                         + ", ".join(self.attributes[:8])
+                         + (", ..." if len(self.attributes) > 8 else ""))
         if self.budget is not None:
             lines.append(f"budget: {self.budget}")
         if self.compensation is not None:
@@ -129,3 +142,23 @@ class CompressResult:
         return {"plan": self.plan, "report": None, "graph": None,
                 "removed_units": self.removed_units, "extra": {}, "history": self.history,
                 "options": self.options.without_data()}
+
+
+_RESULTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def remember(module: torch.nn.Module, result: CompressResult) -> None:
+    """Module output: the record is kept beside the module, not in it, so pickling,
+    ``deepcopy`` and trainers (ultralytics' EMA) see the user's class exactly."""
+    _RESULTS[module] = result
+
+
+def result_of(module: torch.nn.Module) -> CompressResult:
+    """The record of a module :func:`fxprune.compress` returned (graph or module output)."""
+    meta = getattr(module, "meta", None)
+    if isinstance(meta, dict) and "fxprune" in meta:
+        return meta["fxprune"]
+    if module in _RESULTS:
+        return _RESULTS[module]
+    raise KeyError(f"{type(module).__name__} was not returned by fxprune.compress (or is a "
+                   "copy of it)")

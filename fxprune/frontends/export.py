@@ -1,0 +1,107 @@
+"""The torch.export frontend: ``torch.export.export(strict=False)`` runs the model's own
+Python (so ``*args``, ``list(x.chunk(2, 1))``, data-independent control flow all work) and
+gives an ATen-level GraphModule. Parameters keep the original module's qualified names and
+every node carries its fake value, so specs come from metadata: no extra forward."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.utils._pytree as pytree
+
+from ..clone import owned_copy
+from ..errors import TraceError
+from ..util import eval_mode
+from .base import TensorSpec, Traced, TraceOptions
+
+NAME = "export"
+log = logging.getLogger(__name__)
+
+
+def capture(model: torch.nn.Module, inputs: tuple, options: TraceOptions) -> Traced:
+    """Export ``model`` (in eval mode: BatchNorm reads its running statistics, dropout is
+    off) on ``inputs`` plus ``options.example_kwargs``; the graph takes the flattened
+    inputs positionally and returns the model's own output structure."""
+    if options.leaf_modules or options.concrete_args:
+        raise TraceError("leaf_modules and concrete_args are options of the fx frontend; "
+                         "torch.export runs the model's Python itself")
+    # always a copy, even with ``share``: a forward run by export may assign attributes
+    # (ultralytics caches anchors on the head), and the caller's model is never touched
+    source = owned_copy(model)
+    kwargs = dict(options.example_kwargs or {})
+    try:
+        with torch.no_grad(), eval_mode(source):
+            program = torch.export.export(source, tuple(inputs), kwargs, strict=False)
+        gm = program.module()
+    except Exception as exc:  # noqa: BLE001 - turned into an actionable TraceError
+        raise TraceError(
+            f"torch.export could not capture {type(model).__name__}: {type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}. Data-dependent "
+            "control flow (NMS, box decoding) cannot be exported; frontend='auto' then prunes "
+            "the largest submodules that capture (regions).") from exc
+    for name in ("train", "eval"):  # the unlifted module refuses mode changes; ours may
+        gm.__dict__.pop(name, None)
+    gm._forward_pre_hooks.clear()  # input checks of the unlifted module: inputs stay as-is
+    _drop_guards(gm)
+    _register_constants(gm)
+    flat = _flat_inputs(gm, inputs, kwargs)
+    values = {n.name: _spec(n.meta.get("val")) for n in gm.graph.nodes if n.op != "output"}
+    log.debug("exported %s: %d nodes", type(model).__name__, len(gm.graph.nodes))
+    return Traced(gm, values, flat, NAME, source=source,
+                  call=(tuple(inputs), kwargs))
+
+
+def _drop_guards(gm: fx.GraphModule) -> None:
+    """The unlifted module re-checks input shapes through a ``_guards_fn`` submodule; pruning
+    keeps input shapes, and the guard is not an op a rule could describe."""
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and "guards" in str(node.target) and not node.users:
+            gm.graph.erase_node(node)
+    for name, _ in list(gm.named_children()):
+        if "guards" in name:
+            delattr(gm, name)
+    gm.recompile()
+
+
+def _register_constants(gm: fx.GraphModule) -> None:
+    """Tensor constants the graph reads (``model.stride``, anchors a forward assigned) are
+    plain attributes of the unlifted module; as non-persistent buffers they are copied,
+    sliced and counted like every other tensor."""
+    for node in gm.graph.nodes:
+        if node.op != "get_attr":
+            continue
+        owner_name, _, local = node.target.rpartition(".")
+        owner = gm.get_submodule(owner_name) if owner_name else gm
+        value = getattr(owner, local, None)
+        if isinstance(value, torch.Tensor) and local not in owner._parameters and \
+                local not in owner._buffers:
+            delattr(owner, local)
+            owner.register_buffer(local, value, persistent=False)
+
+
+def _flat_inputs(gm: fx.GraphModule, inputs: tuple, kwargs: dict[str, Any]) -> tuple:
+    """Make the graph take its placeholders positionally (what the pipeline's interpreters and
+    verify pass); keyword inputs are flattened in the order export recorded them."""
+    flat, _ = pytree.tree_flatten((tuple(inputs), kwargs))
+    codegen = gm.graph._codegen
+    info = getattr(codegen, "pytree_info", None)
+    if info is not None and (kwargs or any(not isinstance(x, torch.Tensor) for x in inputs)):
+        spec = pytree.tree_structure((tuple(flat), {}))
+        names = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+        gm.graph._codegen = type(codegen)(type(info)(names, spec, info.out_spec))
+        gm._in_spec = spec
+        gm.recompile()
+    return tuple(flat)
+
+
+def _spec(val: Any) -> Any:
+    if isinstance(val, torch.Tensor):
+        return TensorSpec(tuple(int(s) for s in val.shape), val.dtype)
+    if isinstance(val, (list, tuple)):
+        return type(val)(_spec(v) for v in val)
+    if isinstance(val, torch.SymInt):
+        return int(val) if val.node.has_hint() else None
+    return val
