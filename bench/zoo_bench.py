@@ -1,6 +1,7 @@
 """fxprune against Torch-Pruning (TP) in the same run, model by model, each in a subprocess.
 
     python bench/zoo_bench.py [MODEL ...] [--timeout 600] [--out bench/results/zoo_vs_tp]
+                              [--frontend fx|export]
 
 For every torchvision classification model (or the ones named): fxprune ``compress`` (L2,
 ratio 0.5) and TP 1.6 ``BasePruner`` (GroupMagnitudeImportance p=2, ratio 0.5, classifier
@@ -32,7 +33,8 @@ torch.manual_seed(0)
 torch.set_num_threads(int(sys.argv[4]))
 sys.path.insert(0, "bench")
 from zoo_bench import child_main
-print("RESULT " + json.dumps(child_main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]))))
+print("RESULT " + json.dumps(child_main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]),
+                                        sys.argv[5])))
 """
 
 
@@ -144,19 +146,20 @@ def _timed(fn, exclude=None):
 TP_TIMEOUT = 240
 
 
-def child_main(name: str, size: int, budget: float) -> dict:
+def child_main(name: str, size: int, budget: float, frontend: str = "fx") -> dict:
     import torch
 
     import fxprune
 
-    out: dict = {"name": name, "size": size}
+    out: dict = {"name": name, "size": size, "frontend": frontend}
     x = torch.randn(1, 3, size, size)
     dense = _fresh_model(name)
     out["params"] = sum(p.numel() for p in dense.parameters())
     out["flops"] = _flops(dense, x)
     models = {"dense": dense}
     try:
-        out["fx_compile"], gm = _timed(lambda: fxprune.compress(dense, x, ratio=0.5, verify=False))
+        out["fx_compile"], gm = _timed(lambda: fxprune.compress(
+            dense, x, ratio=0.5, verify=False, frontend=frontend, output="graph"))
         big = out["params"] > 200_000_000  # float64 copies of ~600M params exceed the limit
         res = fxprune.verify(gm, dtype=torch.float32 if big else torch.float64)
         out["fx_verify_dtype"] = "float32" if big else "float64"
@@ -274,6 +277,8 @@ def main() -> None:
                     help="torch threads per model (1: one core, steady beside other work)")
     ap.add_argument("--out", default="bench/results/zoo_vs_tp")
     ap.add_argument("--from-log", help="rebuild the tables from the JSON lines of a run")
+    ap.add_argument("--frontend", choices=["fx", "export"], default="fx",
+                    help="fxprune's capture (the pruned graph is timed either way)")
     args = ap.parse_args()
     import torchvision
 
@@ -287,7 +292,7 @@ def main() -> None:
     for name in names:
         try:
             proc = subprocess.run([sys.executable, "-c", CHILD, name, str(input_size(name)),
-                                   str(args.budget), str(args.threads)],
+                                   str(args.budget), str(args.threads), args.frontend],
                                   capture_output=True, text=True,
                                   timeout=args.timeout)
             got = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]

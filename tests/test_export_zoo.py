@@ -20,7 +20,7 @@ def _tame(model: torch.nn.Module) -> torch.nn.Module:
     keeps finite, non-trivial activations in float64."""
     distinct_values(model)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() >= 2:
                 p /= p[0].numel()
     return model

@@ -155,7 +155,8 @@ class Permute(Rule):
             if not rest:
                 perm = node.kwargs.get("dims")
             perm = [norm_dim(int(p), n) for p in perm]
-        elif t in ("transpose", torch.transpose, "swapaxes", "swapdims", _aten.transpose.int):
+        elif t in ("transpose", torch.transpose, "swapaxes", "swapdims", _aten.transpose.int,
+                   _aten.swapaxes.default):
             a = norm_dim(int(arg(node, 1, "dim0")), n)
             b = norm_dim(int(arg(node, 2, "dim1")), n)
             perm = list(range(n))

@@ -42,11 +42,14 @@ class Reduce(Rule):
 
     name = "reduce"
 
+    def __init__(self, dim_at: int = 1):
+        self.dim_at = dim_at  # aten.linalg_vector_norm(x, ord, dim, keepdim): 2
+
     def analyze(self, ctx: AnalysisContext, node: fx.Node) -> None:
         x = node.args[0]
         xa = ctx.axes_of(x)
         rank = len(xa)
-        dims = arg(node, 1, "dim", None)
+        dims = arg(node, self.dim_at, "dim", None)
         if dims is None and "axis" in node.kwargs:
             dims = node.kwargs["axis"]
         if dims is None:
@@ -55,7 +58,7 @@ class Reduce(Rule):
             reduced = {norm_dim(int(d), rank) for d in dims}
         else:
             reduced = {norm_dim(int(dims), rank)}
-        keepdim = bool(arg(node, 2, "keepdim", False))
+        keepdim = bool(arg(node, self.dim_at + 1, "keepdim", False))
         for d in sorted(reduced):
             ax = xa[d]
             if not ax.full:  # a factor of a reshaped dim: couple the blocks

@@ -175,8 +175,8 @@ _ATEN_UNARY = (
     "sigmoid sigmoid_ tanh tanh_ leaky_relu leaky_relu_ elu elu_ selu celu softplus mish "
     "mish_ hardtanh hardtanh_ abs neg exp sqrt rsqrt log log1p expm1 erf reciprocal sin cos "
     "floor ceil round sign logical_not square clamp clamp_ clamp_min clamp_max "
-    "contiguous clone detach alias dropout lift_fresh_copy zeros_like ones_like "
-    "full_like empty_like"
+    "contiguous clone detach alias dropout dropout_ lift_fresh_copy zeros_like ones_like "
+    "full_like empty_like zero_ fill_.Scalar fill_.Tensor"
 ).split()
 _ATEN_BINARY = (
     "add.Tensor add.Scalar add_.Tensor sub.Tensor sub.Scalar sub_.Tensor rsub.Tensor "
@@ -237,7 +237,10 @@ def _build_aten() -> dict[Any, Rule]:
         aten.unflatten.int: _RESHAPE, aten.squeeze.dim: _RESHAPE, aten.squeeze.dims: _RESHAPE,
         aten.squeeze.default: _RESHAPE, aten.unsqueeze.default: _RESHAPE,
         aten.permute.default: _PERMUTE, aten.transpose.int: _PERMUTE, aten.t.default: _PERMUTE,
-        aten.movedim.int: _PERMUTE, aten.expand.default: Expand(), aten.repeat.default: Repeat(),
+        aten.movedim.int: _PERMUTE, aten.swapaxes.default: _PERMUTE,
+        aten.expand.default: Expand(), aten.expand_as.default: ExpandAs(),
+        aten.repeat.default: Repeat(), aten.tensor_split.indices: _SPLIT,
+        aten.linalg_vector_norm.default: Reduce(dim_at=2),
         aten.cat.default: Cat(), aten.stack.default: Stack(), aten.split.Tensor: _SPLIT,
         aten.split_with_sizes.default: _SPLIT, aten.chunk.default: _SPLIT,
         aten.unbind.int: Unbind(), aten.narrow.default: Narrow(), aten.slice.Tensor: Slice(),
