@@ -216,3 +216,28 @@ def test_output_module_needs_export():
                          output="module")
     with pytest.raises(fxprune.OptionError):
         fxprune.compress(Blocks().eval(), torch.randn(1, 3, 16, 16), output="both")
+
+
+class AuxInTraining(nn.Module):
+    """An auxiliary head only the training forward reads (googlenet's aux1/aux2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 2, 1)
+        self.aux = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        y = F.relu(self.a(x))
+        out = self.head(F.relu(self.b(y)))
+        return (out, self.aux(y)) if self.training else out
+
+
+def test_training_only_branch_is_reported_not_hidden():
+    model = AuxInTraining().eval()
+    out = fxprune.compress(model, (torch.randn(2, 3, 4, 4),), frontend="export")
+    report = fxprune.result_of(out).report
+    assert report.module_verify.ok and out.a.out_channels == 4
+    assert out.aux.in_channels == 8  # unread by the captured forward: untouched
+    assert any("training-mode forward fails in aux" in n for n in report.notes), report.notes
+    with pytest.raises(RuntimeError):
+        out.train()(torch.randn(2, 3, 4, 4))

@@ -1,5 +1,6 @@
 """torchvision models through the export frontend: detection by regions, video and optical
-flow that symbolic tracing cannot enter, and classifier parity between the two frontends."""
+flow that symbolic tracing cannot enter, and classifier parity between the two frontends
+(the same plan, removed position by removed position)."""
 
 from __future__ import annotations
 
@@ -111,7 +112,9 @@ def test_classifier_parity_between_frontends(name):
         out = fxprune.compress(model, (x,), ratio=0.5, frontend=frontend, output="graph")
         report = fxprune.result_of(out).report
         assert report.verify.ok, (frontend, report.summary())
-        results[frontend] = report
-    fx_r, ex_r = results["fx"], results["export"]
+        results[frontend] = (report, fxprune.result_of(out).plan)
+    (fx_r, fx_plan), (ex_r, ex_plan) = results["fx"], results["export"]
     assert ex_r.params_after < ex_r.params_before
+    # the same channel groups found in a Python-level and an ATen-level graph: same plan
+    assert ex_plan.removed == fx_plan.removed
     assert ex_r.params_after == fx_r.params_after, (fx_r.params_after, ex_r.params_after)

@@ -5,7 +5,9 @@ every node carries its fake value, so specs come from metadata: no extra forward
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import warnings
 from typing import Any
 
 import torch
@@ -32,20 +34,20 @@ def capture(model: torch.nn.Module, inputs: tuple, options: TraceOptions) -> Tra
     # (ultralytics caches anchors on the head), and the caller's model is never touched
     source = owned_copy(model)
     kwargs = dict(options.example_kwargs or {})
-    try:
-        with torch.no_grad(), eval_mode(source):
+    try:  # lazy: export recompiles its graph many times; code is generated once, on use
+        with torch.no_grad(), eval_mode(source), warnings.catch_warnings(), _lazy():
+            # a forward that caches tensors on itself (ultralytics' anchors) is warned about;
+            # they become constants of this graph, which is what pruning needs
+            warnings.filterwarnings("ignore", message=".*were assigned during export")
             program = torch.export.export(source, tuple(inputs), kwargs, strict=False)
-        gm = program.module()
+            gm = program.module()
     except Exception as exc:  # noqa: BLE001 - turned into an actionable TraceError
         raise TraceError(
             f"torch.export could not capture {type(model).__name__}: {type(exc).__name__}: "
             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}. Data-dependent "
             "control flow (NMS, box decoding) cannot be exported; frontend='auto' then prunes "
             "the largest submodules that capture (regions).") from exc
-    for name in ("train", "eval"):  # the unlifted module refuses mode changes; ours may
-        gm.__dict__.pop(name, None)
-    gm._forward_pre_hooks.clear()  # input checks of the unlifted module: inputs stay as-is
-    _drop_guards(gm)
+    gm = _own_graph_module(gm, type(model).__name__)
     _register_constants(gm)
     flat = _flat_inputs(gm, inputs, kwargs)
     values = {n.name: _spec(n.meta.get("val")) for n in gm.graph.nodes if n.op != "output"}
@@ -54,16 +56,31 @@ def capture(model: torch.nn.Module, inputs: tuple, options: TraceOptions) -> Tra
                   call=(tuple(inputs), kwargs))
 
 
-def _drop_guards(gm: fx.GraphModule) -> None:
-    """The unlifted module re-checks input shapes through a ``_guards_fn`` submodule; pruning
-    keeps input shapes, and the guard is not an op a rule could describe."""
-    for node in list(gm.graph.nodes):
-        if node.op == "call_module" and "guards" in str(node.target) and not node.users:
-            gm.graph.erase_node(node)
-    for name, _ in list(gm.named_children()):
-        if "guards" in name:
-            delattr(gm, name)
-    gm.recompile()
+def _lazy():
+    try:
+        from torch.fx._lazy_graph_module import _use_lazy_graph_module
+    except ImportError:  # older torch: eager recompiles, same result
+        return contextlib.nullcontext()
+    return _use_lazy_graph_module(True)
+
+
+def _own_graph_module(unlifted: fx.GraphModule, name: str) -> fx.GraphModule:
+    """A plain GraphModule over the unlifted graph. Dropped on the way: the ``_guards_fn``
+    call that re-checks input shapes (pruning keeps them), the unlifted module's refusal to
+    change mode and its input-check hooks, and the parameters the captured forward never
+    reads (googlenet's auxiliary heads in eval): a tensor no op reads is no channel."""
+    graph = unlifted.graph
+    for node in list(graph.nodes):
+        unused = not node.users
+        if unused and (node.op == "get_attr" or (node.op == "call_module"
+                                                 and "guards" in str(node.target))):
+            graph.erase_node(node)
+    gm = fx.GraphModule(unlifted, graph, name)
+    for attr in ("_in_spec", "_out_spec"):  # read by the pytree codegen
+        if hasattr(unlifted, attr):
+            setattr(gm, attr, getattr(unlifted, attr))
+    gm.meta.update(unlifted.meta)
+    return gm
 
 
 def _register_constants(gm: fx.GraphModule) -> None:

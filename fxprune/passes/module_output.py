@@ -9,6 +9,7 @@ channels its sizes touch (see :func:`suspects`) - never a wrong model."""
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -257,14 +258,16 @@ def _mapped(value: Any, changes: dict[int, set[int]]) -> Any:
 
 
 # ---- which module's code disagreed ------------------------------------------------------
-def failing_module(exc: BaseException, module: nn.Module) -> str | None:
-    """The innermost user module (not torch.nn) whose ``forward`` raised ``exc``."""
+def failing_module(exc: BaseException, module: nn.Module, user_only: bool = True
+                   ) -> str | None:
+    """The innermost user module (not torch.nn, unless ``user_only`` is off) whose
+    ``forward`` raised ``exc``."""
     names = {id(m): n for n, m in module.named_modules()}
     tb, found = exc.__traceback__, None
     while tb is not None:
         this = tb.tb_frame.f_locals.get("self")
-        if isinstance(this, nn.Module) and id(this) in names and \
-                not type(this).__module__.startswith("torch."):
+        if isinstance(this, nn.Module) and id(this) in names and not (
+                user_only and type(this).__module__.startswith("torch.")):
             found = names[id(this)]
         tb = tb.tb_next
     return found
@@ -311,3 +314,32 @@ def _why(out: ModuleOutput, scope: list[str]) -> str:
         what = ", ".join([f"set {a}" for a in edited] + [f"{a} ambiguous" for a in unclear])
         parts.append(f"{p or '<root>'} ({what or 'sizes computed in Python'})")
     return "the pruned module's own forward disagreed with the graph in " + "; ".join(parts)
+
+
+def training_forward_note(module: nn.Module, original: nn.Module,
+                          call: tuple[tuple, dict]) -> list[str]:
+    """The captured forward is the eval one; a training forward may read tensors it does
+    not (auxiliary heads). One run of it in train mode, on a copy (no grad, BatchNorm
+    statistics of the copy only), says whether the pruned module still trains - unless the
+    original cannot run in train mode on these inputs either (batch 1 into BatchNorm1d)."""
+    probe = copy.deepcopy(module)
+    try:
+        _train_forward(probe, call)
+    except Exception as exc:  # noqa: BLE001 - reported, the eval model is exact
+        try:
+            _train_forward(copy.deepcopy(original), call)
+        except Exception:  # noqa: BLE001 - the original fails alike: nothing pruning broke
+            return []
+        where = failing_module(exc, probe, user_only=False)
+        text = (f"the pruned module's training-mode forward fails in {where or '<root>'} "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}): it reads "
+                "channels the captured eval forward does not; use it for inference")
+        log.warning("fxprune: %s", text)
+        return [text]
+    return []
+
+
+def _train_forward(module: nn.Module, call: tuple[tuple, dict]) -> None:
+    args, kwargs = call
+    with torch.no_grad():
+        module.train()(*args, **kwargs)

@@ -163,8 +163,11 @@ def check_shapes(rctx: RewriteContext, gm: fx.GraphModule, removed_units: np.nda
                            node=getattr(exc, "node", None)) from exc
     signature_kept = getattr(gm, MARK, False)
     placeholders = {n.name for n in gm.graph.nodes if n.op == "placeholder"}
+    gathered = {n.name for n in gm.graph.nodes if n.op == "get_attr" and getattr(
+        rctx.graph.params.get(n.target), "custom", False)}  # grouped-conv weights: own layout
     for name, spec in values.items():
-        if not isinstance(spec, TensorSpec) or name not in rctx.graph.ctx.axes:
+        if not isinstance(spec, TensorSpec) or name not in rctx.graph.ctx.axes or \
+                name in gathered:
             continue
         if signature_kept and name in placeholders:
             continue  # the full input, selected right after

@@ -136,6 +136,8 @@ def materialize(state: State) -> None:
             failed, detail = module_output.failing_module(exc, probe), f" ({first_line(exc)})"
     if result is not None and result.ok:
         state.module_verify = result
+        state.module_notes = module_output.training_forward_note(out.module, state.model,
+                                                                 state.traced.call)
         return
     nodes, why = module_output.suspects(out, failed, state.frozen_nodes)
     if not nodes - state.frozen_nodes:
@@ -182,7 +184,8 @@ def report(state: State) -> None:
     extra = {"uncompensated": state.uncompensated} if state.uncompensated is not None else {}
     rep = Report(
         params_before=count_params(graph.traced.gm), params_after=count_params(gm),
-        groups=plan.groups, frozen=graph.frozen_reasons, notes=plan.notes, verify=state.verify,
+        groups=plan.groups, frozen=graph.frozen_reasons, notes=plan.notes + state.module_notes,
+        verify=state.verify,
         timings=state.timings, fallbacks=[str(f) for f in state.fallbacks],
         models=Models(graph.traced.gm, gm, state.inputs, state.pruned_inputs),
         compensation=state.compensation, budget=state.budget, output=state.output,

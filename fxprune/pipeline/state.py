@@ -59,4 +59,5 @@ class State:
     output: str = "graph"  # capture: "graph" or "module"
     module_out: ModuleOutput | None = None  # materialize
     module_verify: VerifyResult | None = None
+    module_notes: list[str] = field(default_factory=list)
     result: torch.nn.Module | None = None  # report: what compress returns
