@@ -81,7 +81,9 @@ def main() -> None:
             if proc.returncode == 0:
                 res = json.loads(proc.stdout.strip().splitlines()[-1])
             else:
-                res = {"ok": False, "error": proc.stderr.strip().splitlines()[-1][:200]}
+                tail = proc.stderr.strip().splitlines()
+                res = {"ok": False, "error": tail[-1][:200] if tail else
+                       f"exit code {proc.returncode} (killed: out of memory?)"}
         except subprocess.TimeoutExpired:
             res = {"ok": False, "error": f"timeout after {args.timeout}s"}
         res["name"], res["wall"] = name, time.perf_counter() - t0

@@ -15,6 +15,7 @@ from .errors import (
 from .importance import Importance, register
 from .options import CompressOptions
 from .passes import PruneChannels
+from .pipeline.regions import regions_report
 from .plan import Plan
 from .report import Report, result_of
 from .verify import VerifyResult, verify
@@ -23,6 +24,6 @@ __all__ = [
     "ChannelGraph", "CompressOptions", "FxPruneError", "Importance", "OptionError", "Plan",
     "PruneChannels", "Report", "RewriteError", "SelectionError", "TraceError",
     "VerificationError", "VerifyResult", "analyze", "apply_plan", "compress", "deploy", "load",
-    "register", "regularize", "result_of", "save", "trace", "verify",
+    "regions_report", "register", "regularize", "result_of", "save", "trace", "verify",
 ]
 __version__ = "0.1.0"

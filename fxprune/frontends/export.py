@@ -47,9 +47,10 @@ def capture(model: torch.nn.Module, inputs: tuple, options: TraceOptions) -> Tra
             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}. Data-dependent "
             "control flow (NMS, box decoding) cannot be exported; frontend='auto' then prunes "
             "the largest submodules that capture (regions).") from exc
-    gm = _own_graph_module(gm, type(model).__name__)
-    _register_constants(gm)
-    flat = _flat_inputs(gm, inputs, kwargs)
+    with _lazy():  # the graph is compiled when first run (verify), not here
+        gm = _own_graph_module(gm, type(model).__name__)
+        _register_constants(gm)
+        flat = _flat_inputs(gm, inputs, kwargs)
     values = {n.name: _spec(n.meta.get("val")) for n in gm.graph.nodes if n.op != "output"}
     log.debug("exported %s: %d nodes", type(model).__name__, len(gm.graph.nodes))
     return Traced(gm, values, flat, NAME, source=source,
