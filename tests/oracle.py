@@ -36,6 +36,17 @@ def distinct_values(model: torch.nn.Module, seed: int = 0,
     return model
 
 
+def tamed_values(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """:func:`distinct_values` with every weight matrix / kernel divided by its fan-in, so a
+    deep network keeps finite, non-trivial activations (and a finite training loss)."""
+    distinct_values(model, seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p /= p[0].numel()
+    return model
+
+
 def _provenance(original: torch.Tensor, pruned: torch.Tensor) -> np.ndarray:
     """Flat indices into ``original`` of each element of ``pruned`` (values must be found)."""
     o = original.detach().double().reshape(-1).numpy()
