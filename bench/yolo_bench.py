@@ -15,7 +15,6 @@ Needs the ``bench`` and ``yolo`` extras.
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
 import time
@@ -38,15 +37,45 @@ def _build(cls: str, yaml: str):
     return getattr(tasks, cls)(yaml, verbose=False).eval()
 
 
-def _tp(model, x):
-    import torch_pruning as tp
+TP_CHILD = r"""
+import os, resource, sys, warnings
+warnings.filterwarnings("ignore")
+limit = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.4)
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))  # a pruner that explodes fails alone
+os.environ["YOLO_OFFLINE"] = "1"
+import torch, torch_pruning as tp
+from ultralytics.nn import tasks
+torch.manual_seed(0)
+model = getattr(tasks, sys.argv[1])(sys.argv[2], verbose=False).eval()
+x = torch.randn(1, 3, int(sys.argv[3]), int(sys.argv[3]))
+pruner = tp.pruner.BasePruner(model, x, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                              pruning_ratio=0.5, ignored_layers=[model.model[-1]])
+pruner.step()
+with torch.no_grad():
+    model(x)
+torch.save(model, sys.argv[4])
+"""
 
-    pruner = tp.pruner.BasePruner(model, x, importance=tp.importance.GroupMagnitudeImportance(
-        p=2), pruning_ratio=0.5, ignored_layers=[model.model[-1]])
-    pruner.step()
-    with __import__("torch").no_grad():
-        model(x)
-    return model
+
+def _tp(cls: str, yaml: str, size: int, timeout: int):
+    """Torch-Pruning's default call in a child process (memory-limited, timed out: on YOLO
+    it can grow without bound); the pruned model comes back through torch.save."""
+    import subprocess
+    import tempfile
+
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "tp.pt")
+        try:
+            proc = subprocess.run([sys.executable, "-c", TP_CHILD, cls, yaml, str(size), path],
+                                  capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"no result after {timeout}s") from None
+        if proc.returncode != 0:
+            tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+            raise RuntimeError(tail)
+        return torch.load(path, weights_only=False)
 
 
 def main() -> None:
@@ -55,6 +84,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=6.0, help="latency seconds per model set")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="bench/results/yolo.md")
+    ap.add_argument("--tp-timeout", type=int, default=300)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     import torch
@@ -81,7 +111,7 @@ def main() -> None:
         fx_flops = _flops(pruned, x)
         models = {"dense": dense, "fxprune": pruned.eval()}
         try:
-            tp_model = _tp(copy.deepcopy(dense), x)
+            tp_model = _tp(cls, yaml, args.size, args.tp_timeout).eval()
             tp_params = sum(p.numel() for p in tp_model.parameters())
             models["tp"] = tp_model
             tp_flops = _flops(tp_model, x)
