@@ -18,6 +18,7 @@ from .errors import OptionError, VerificationError, contained, first_line
 from .passes.compensate import restore
 from .passes.inputs import inputs_for
 from .passes.prune import PruneChannels
+from .records import result_of
 from .util import as_inputs, eval_mode, flat_tensors
 
 log = logging.getLogger(__name__)
@@ -195,7 +196,7 @@ def _check(graph: ChannelGraph, removed: np.ndarray, pruned: fx.GraphModule,
 
 
 @contained("fxprune.verify")
-def verify(pruned: fx.GraphModule, example_inputs: Any = None, *,
+def verify(pruned: torch.nn.Module, example_inputs: Any = None, *,
            dtype: torch.dtype = torch.float64, tol: float | None = None,
            raise_on_mismatch: bool = False) -> VerifyResult:
     """Check a module returned by :func:`fxprune.compress` against its masked original.
@@ -204,9 +205,10 @@ def verify(pruned: fx.GraphModule, example_inputs: Any = None, *,
     With approximate groups removed, the result is the exactness of the exact groups and
     ``result.approx_deviation`` the relative deviation of the whole pruned model.
     """
-    meta = pruned.meta.get("fxprune")
-    if meta is None:
-        raise OptionError("verify needs a module returned by fxprune.compress")
+    try:
+        meta = result_of(pruned)
+    except KeyError:
+        raise OptionError("verify needs a module returned by fxprune.compress") from None
     if "loaded_from" in meta.extra:
         raise OptionError(f"this module was loaded from {meta.extra['loaded_from']}, which "
                           "holds the pruned weights only: there is no original to verify "
@@ -214,6 +216,16 @@ def verify(pruned: fx.GraphModule, example_inputs: Any = None, *,
     graph, removed = meta.graph, meta.removed_units
     inputs = as_inputs(graph.traced.example_inputs if example_inputs is None else example_inputs)
     uncompensated = meta.extra.get("uncompensated")
+    if not isinstance(pruned, fx.GraphModule):  # module output: run the module itself
+        module = clone_as(pruned, dtype)
+        if uncompensated:
+            restore(module, uncompensated)
+        call = graph.traced.call if example_inputs is None else (inputs, {})
+        result = check_module(module, graph, removed, meta.report.models.pruned, call, dtype,
+                              tol)
+        if raise_on_mismatch and not result.ok:
+            raise VerificationError(f"pruned model differs from the masked original: {result}")
+        return result
     target = pruned
     if uncompensated:  # prove the rewrite on the model as it was before compensation
         target = clone_as(pruned)

@@ -128,3 +128,38 @@ def test_the_callers_model_is_untouched(path, tmp_path):
     if path != "save/load":  # a loaded artifact has no original to verify against
         result = fxprune.verify(gm)
         assert result.ok, result
+
+
+def _export(**kw):
+    return lambda m: fxprune.compress(m, X, frontend="export", **kw)
+
+
+EXPORT_PATHS = {
+    "export, module output": _export(),
+    "export, graph output": _export(output="graph"),
+    "export, cfdp + lstsq": _export(importance="cfdp", calibration=DATA, compensate="lstsq"),
+    "export, merge": _export(calibration=DATA, compensate="merge"),
+    "export, target_flops": _export(target_flops=0.6),
+}
+
+
+@pytest.mark.parametrize("path", sorted(EXPORT_PATHS))
+def test_the_callers_model_is_untouched_through_export(path):
+    m = _model()
+    before = _snapshot(m)
+    out = EXPORT_PATHS[path](m)
+    after = _snapshot(m)
+    assert all(torch.equal(after[0][k], before[0][k]) for k in before[0])
+    assert after[1:] == before[1:]
+    if "module" in path or "graph" not in path:
+        assert type(out) is Net
+    with torch.no_grad():
+        y = out.eval()(X).clone()
+        for p in m.parameters():
+            p.add_(1.0)
+        assert torch.equal(out(X), y)
+    result = fxprune.verify(out)  # the module itself (or the graph) against the original
+    assert result.ok, result
+    graph = fxprune.result_of(out).report.models.pruned  # compensated tensors reached the module
+    with torch.no_grad():
+        assert torch.allclose(graph.eval()(X), out(X), atol=1e-5)

@@ -78,6 +78,9 @@ def assign_tensors(module: nn.Module, graph: ChannelGraph, pruned: fx.GraphModul
         except AttributeError:
             owner = None
         old = getattr(owner, local, None) if owner is not None else None
+        if old is None and owner is not None and owner._parameters.get(local, 0) is None:
+            owner._parameters[local] = nn.Parameter(tensor.detach().clone())  # a refit bias
+            continue
         if not isinstance(old, torch.Tensor):
             info = graph.params.get(qual)
             if info is not None and tuple(info.shape) != tuple(tensor.shape):

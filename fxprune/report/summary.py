@@ -3,7 +3,6 @@ and the record a pruned module carries (``CompressResult``)."""
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, NamedTuple
@@ -142,23 +141,3 @@ class CompressResult:
         return {"plan": self.plan, "report": None, "graph": None,
                 "removed_units": self.removed_units, "extra": {}, "history": self.history,
                 "options": self.options.without_data()}
-
-
-_RESULTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def remember(module: torch.nn.Module, result: CompressResult) -> None:
-    """Module output: the record is kept beside the module, not in it, so pickling,
-    ``deepcopy`` and trainers (ultralytics' EMA) see the user's class exactly."""
-    _RESULTS[module] = result
-
-
-def result_of(module: torch.nn.Module) -> CompressResult:
-    """The record of a module :func:`fxprune.compress` returned (graph or module output)."""
-    meta = getattr(module, "meta", None)
-    if isinstance(meta, dict) and "fxprune" in meta:
-        return meta["fxprune"]
-    if module in _RESULTS:
-        return _RESULTS[module]
-    raise KeyError(f"{type(module).__name__} was not returned by fxprune.compress (or is a "
-                   "copy of it)")
