@@ -46,6 +46,8 @@ def test_detection_prunes_by_regions_and_detections_match():
     paths = [r.path for r in report.regions]
     assert {"backbone", "rpn.head", "roi_heads.box_head"} <= set(paths), report.summary()
     assert "rpn" not in paths and "roi_heads" not in paths  # they do not capture
+    left = dict(report.left_out)
+    assert "does not capture" in left["rpn"] and "submodules are tried" in left["roi_heads"]
     assert report.whole_ok, report.summary()
     for path in ("backbone", "rpn.head", "roi_heads.box_head"):
         region = next(r for r in report.regions if r.path == path)

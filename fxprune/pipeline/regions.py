@@ -134,8 +134,9 @@ def prune_regions(model: torch.nn.Module, inputs: tuple, options: CompressOption
                 out = run(child, args, _region_options(options, kw, model, sub))
             except TraceError as exc:
                 log.debug("region %s did not capture: %s", sub, exc)
-                if not any(True for _ in child.children()):
-                    report.left_out.append((sub, f"does not capture: {_short(exc)}"))
+                nested = any(True for _ in child.children())
+                report.left_out.append((sub, f"does not capture ({_short(exc)})" + (
+                    "; its own code is kept, its submodules are tried" if nested else "")))
                 search(child, sub)
                 continue
             except FxPruneError as exc:
