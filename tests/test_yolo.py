@@ -96,7 +96,7 @@ def test_module_matches_masked_original_by_values(pruned):
     check_by_values(model, out, (x,))
 
 
-@pytest.mark.parametrize("name", ["yolov8n", "yolo11n"])  # seg's loss needs mask targets
+@pytest.mark.parametrize("name", list(MODELS))
 def test_train_step_loss_and_gradients(name):
     _, _, out, x, _ = _pruned(name)
     model = copy.deepcopy(out)
@@ -105,6 +105,10 @@ def test_train_step_loss_and_gradients(name):
     batch = {"img": torch.rand(2, 3, SIZE, SIZE), "batch_idx": torch.tensor([0.0, 1.0]),
              "cls": torch.tensor([[1.0], [3.0]]),
              "bboxes": torch.tensor([[0.5, 0.5, 0.3, 0.3], [0.4, 0.6, 0.2, 0.4]])}
+    if name.endswith("seg"):  # instance masks at a quarter of the input size
+        batch["masks"] = torch.zeros(2, SIZE // 4, SIZE // 4)
+        batch["masks"][0, 6:10, 6:10] = 1
+        batch["masks"][1, 7:12, 6:9] = 1
     loss, _ = model.loss(batch)
     assert torch.isfinite(loss).all()
     loss.sum().backward()
