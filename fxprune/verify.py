@@ -144,11 +144,12 @@ def compare(reference: torch.nn.Module, pruned: torch.nn.Module, example_inputs:
     new_inputs = inputs if pruned_inputs is None else _cast(tuple(pruned_inputs), dtype)
     with torch.no_grad():
         a, b = flat_tensors(ref(*inputs)), flat_tensors(new(*new_inputs))
-    return _judge(a, b, tol, dtype)
+    return judge(a, b, tol, dtype)
 
 
-def _judge(a: list, b: list, tol: float, dtype: torch.dtype) -> VerifyResult:
-    """Max abs difference of two flat output lists, relative to the reference's scale."""
+def judge(a: list, b: list, tol: float, dtype: torch.dtype) -> VerifyResult:
+    """Max abs difference of two flat output lists (``a`` the reference), relative to the
+    reference's scale; shapes that differ are a mismatch."""
     name = str(dtype).replace("torch.", "")
     if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
         return VerifyResult(False, float("inf"), 1.0, tol, name)
@@ -262,4 +263,4 @@ def check_module(module: torch.nn.Module, graph: ChannelGraph, removed: np.ndarr
         a = flat_tensors(reference(*_cast(tuple(ref_inputs), dtype)))
         b = flat_tensors(new(*_cast(tuple(args), dtype), **{k: _cast(v, dtype)
                                                               for k, v in kwargs.items()}))
-    return _judge(a, b, tol, dtype)
+    return judge(a, b, tol, dtype)

@@ -24,7 +24,7 @@ from ..frontends.base import TraceOptions
 from ..options import CompressOptions
 from ..report import result_of
 from ..util import eval_mode, flat_tensors
-from ..verify import clone_as, masked_original
+from ..verify import TOLERANCE, clone_as, judge, masked_original
 
 log = logging.getLogger(__name__)
 
@@ -209,23 +209,15 @@ def _check_whole(report: RegionsReport, model, new, results, inputs, kwargs) -> 
     with torch.no_grad(), eval_mode(masked), eval_mode(probe):
         a = flat_tensors(masked(*cast[0], **cast[1]))
         b = flat_tensors(probe(*cast[0], **cast[1]))
-    scale = max([1.0] + [float(x.abs().max()) for x in a if x.numel()])
-    err = _max_diff(a, b)
-    note = ""
-    if err > 1e-10 * scale:  # top-k / NMS may order near-tied detections either way
-        by_value = _max_diff([x.reshape(-1).sort().values for x in a],
-                             [y.reshape(-1).sort().values for y in b])
-        if by_value <= 1e-10 * scale:
-            err, note = by_value, ", equal up to the order of near-tied outputs"
-    report.whole_ok = err <= 1e-10 * scale
-    report.whole_model = (f"{'exact' if report.whole_ok else 'MISMATCH'}: max |pruned - masked "
-                          f"original| = {err:.3g} (scale {scale:.3g}, float64{note})")
-
-
-def _max_diff(a: list, b: list) -> float:
-    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
-        return float("inf")
-    return max((float((x - y).abs().max()) for x, y in zip(a, b) if x.numel()), default=0.0)
+    tol = TOLERANCE[torch.float64]
+    result, note = judge(a, b, tol, torch.float64), ""
+    if not result.ok:  # top-k / NMS may order near-tied detections either way
+        by_value = judge([x.reshape(-1).sort().values for x in a],
+                         [y.reshape(-1).sort().values for y in b], tol, torch.float64)
+        if by_value.ok:
+            result, note = by_value, ", equal up to the order of near-tied outputs"
+    report.whole_ok = result.ok
+    report.whole_model = str(result) + note
 
 
 _REPORTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
