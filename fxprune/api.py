@@ -67,7 +67,7 @@ def compress(
     round_to: int = 1,
     min_channels: int = 1,
     global_ranking: bool | None = None,
-    exact_only: bool = False,
+    exact_only: bool | None = None,
     prune_heads: bool = True,
     prune_head_dims: bool = True,
     plan: Plan | None = None,
@@ -88,6 +88,7 @@ def compress(
     frontend: str = "auto",
     example_kwargs: Mapping[str, Any] | None = None,
     output: str | None = None,
+    hf_config: str | None = None,
 ) -> torch.nn.Module:
     """Return a new, smaller GraphModule; ``model`` is not modified.
 
@@ -120,6 +121,11 @@ def compress(
     prunable like any group: the pruned model takes only the kept features (``plan.inputs``
     maps each input to the kept indices), or the full input with
     ``keep_input_signature=True``. Invalid or contradicting options raise before any work.
+
+    Hugging Face models (see :mod:`fxprune.hf`) are captured with ``use_cache=False`` and
+    keep their hidden size unless ``exact_only=False``; ``hf_config="uniform"`` keeps every
+    layer's counts equal and rewrites ``model.config`` so that ``save_pretrained`` /
+    ``from_pretrained`` round-trip the pruned model.
     """
     options = CompressOptions(
         trace=TraceOptions(frontend, tuple(leaf_modules), concrete_args,
@@ -133,5 +139,6 @@ def compress(
         calibration=Calibration(calibration, max_batches, tap, loss_fn),
         compensation=CompensationOptions(compensate, ridge),
         inputs=InputOptions(prune_inputs, keep_input_signature),
-        importance=importance, verify=verify, steps=steps, callback=callback, output=output)
+        importance=importance, verify=verify, steps=steps, callback=callback, output=output,
+        hf_config=hf_config)
     return run(model, example_inputs, options)

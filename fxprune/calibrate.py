@@ -122,8 +122,10 @@ def split_item(item: Any, n_inputs: int) -> tuple[tuple, Any]:
                     f"{type(item).__name__}")
 
 
-def batches(data: Iterable, n_inputs: int, max_batches: int | None) -> Iterable[tuple]:
-    """(inputs, target) pairs, at most ``max_batches``, with a progress bar on long runs."""
+def batches(data: Iterable, n_inputs: int, max_batches: int | None,
+            split: Callable[[Any], tuple[tuple, Any]] | None = None) -> Iterable[tuple]:
+    """(inputs, target) pairs, at most ``max_batches``, with a progress bar on long runs.
+    ``split`` turns an item into them (a model called with keywords takes dict items)."""
     try:
         total = len(data)  # type: ignore[arg-type]
     except TypeError:
@@ -141,7 +143,7 @@ def batches(data: Iterable, n_inputs: int, max_batches: int | None) -> Iterable[
         count += 1
         if bar is not None:
             bar.update(1)
-        yield split_item(item, n_inputs)
+        yield split(item) if split is not None else split_item(item, n_inputs)
     if bar is not None:
         bar.close()
     if count == 0:
@@ -168,10 +170,41 @@ def run_taps(graph: ChannelGraph, stats: dict[tuple[str, int], Statistic], data:
     n_inputs = n_inputs or len(graph.traced.example_inputs)
     seen = 0
     with torch.no_grad(), eval_mode(gm):
-        for inputs, _ in batches(data, n_inputs, max_batches):
+        for inputs, _ in batches(data, n_inputs, max_batches, graph.traced.split_batch):
             gm(*inputs)
             seen += 1
+    reduce_across_ranks(stats.values())
     return seen
+
+
+def reduce_across_ranks(stats: Iterable[Statistic]) -> None:
+    """With a ``torch.distributed`` process group, each rank saw its own batches: summing
+    the running sums gives every rank the statistics of all of them (the scores of one
+    process that saw everything). A statistic that is not a plain running sum says so."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    for stat in stats:
+        reduce = getattr(stat, "all_reduce", None)
+        if reduce is None:
+            raise OptionError(f"{type(stat).__name__} statistics cannot be combined across "
+                              "torch.distributed ranks; calibrate on one process")
+        reduce()
+
+
+def all_reduce_fields(stat: Any, names: Iterable[str]) -> None:
+    """Sum these tensor / int attributes of ``stat`` over all ranks (in place)."""
+    import torch.distributed as dist
+
+    for name in names:
+        value = getattr(stat, name)
+        if isinstance(value, torch.Tensor):
+            dist.all_reduce(value)
+        elif isinstance(value, (int, float)):
+            t = torch.tensor([value], dtype=torch.float64)
+            dist.all_reduce(t)
+            setattr(stat, name, type(value)(t.item()))
 
 
 def tapped_module(gm: fx.GraphModule,

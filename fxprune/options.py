@@ -22,7 +22,7 @@ from .frontends.base import TraceOptions
 from .importance.base import Calibration, Importance, get_importance
 from .plan import Plan
 
-COMPENSATION_METHODS = ("lstsq", "merge")
+COMPENSATION_METHODS = ("lstsq", "merge", "mean")
 Callback = Callable[[fx.GraphModule, int], Any]
 
 __all__ = ["AttentionOptions", "Budget", "Calibration", "CompensationOptions",
@@ -42,7 +42,7 @@ class SelectOptions:
     min_channels: int = 1
     round_to: int = 1
     global_ranking: bool | None = None
-    exact_only: bool = False
+    exact_only: bool | None = None  # None: True for Hugging Face models, else False
     threshold: float | None = None
     plan: Plan | None = None
 
@@ -151,6 +151,7 @@ class CompressOptions:
     steps: int = 1
     callback: Callback | None = None
     output: str | None = None  # "graph" | "module"; None: the frontend's default
+    hf_config: str | None = None  # "uniform": a config from_pretrained can build (fxprune.hf)
 
     def __post_init__(self) -> None:
         sel = self.select

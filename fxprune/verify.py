@@ -137,6 +137,18 @@ def _cast(x: Any, dtype: torch.dtype) -> Any:
 def compare(reference: torch.nn.Module, pruned: torch.nn.Module, example_inputs: tuple,
             dtype: torch.dtype = torch.float64, tol: float | None = None,
             copy_reference: bool = True, pruned_inputs: tuple | None = None) -> VerifyResult:
+    try:
+        return _compare(reference, pruned, example_inputs, dtype, tol, copy_reference,
+                        pruned_inputs)
+    except RuntimeError as exc:  # float32 literals of an exported graph, as in check()
+        if dtype is not torch.float64:
+            raise
+        log.info("fxprune: comparing in float32: %s", first_line(exc))
+        return _compare(reference, pruned, example_inputs, torch.float32, None, copy_reference,
+                        pruned_inputs)
+
+
+def _compare(reference, pruned, example_inputs, dtype, tol, copy_reference, pruned_inputs):
     tol = TOLERANCE.get(dtype, 1e-2) if tol is None else tol
     ref = (clone_as(reference, dtype) if copy_reference else reference).eval()
     new = clone_as(pruned, dtype).eval()

@@ -5,6 +5,7 @@ Python value for sizes), and the parameters and buffers by qualified name."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,8 @@ class Traced:
     frontend: str = "fx"
     source: torch.nn.Module | None = None  # the eager model the graph came from (export)
     call: tuple[tuple, dict[str, Any]] | None = None  # how that model is called: args, kwargs
+    # a calibration item -> (flat graph inputs, target); None: tensors / (inputs..., target)
+    split_batch: Callable[[Any], tuple[tuple, Any]] | None = None
 
     @functools.cached_property
     def tensors(self) -> dict[str, torch.Tensor]:

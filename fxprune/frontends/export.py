@@ -6,8 +6,10 @@ every node carries its fake value, so specs come from metadata: no extra forward
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -15,7 +17,7 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 
 from ..clone import owned_copy
-from ..errors import TraceError
+from ..errors import OptionError, TraceError
 from ..util import eval_mode
 from .base import TensorSpec, Traced, TraceOptions
 
@@ -53,8 +55,31 @@ def capture(model: torch.nn.Module, inputs: tuple, options: TraceOptions) -> Tra
         flat = _flat_inputs(gm, inputs, kwargs)
     values = {n.name: _spec(n.meta.get("val")) for n in gm.graph.nodes if n.op != "output"}
     log.debug("exported %s: %d nodes", type(model).__name__, len(gm.graph.nodes))
+    split = functools.partial(keyword_batch, tuple(inputs), kwargs) if kwargs else None
     return Traced(gm, values, flat, NAME, source=source,
-                  call=(tuple(inputs), kwargs))
+                  call=(tuple(inputs), kwargs), split_batch=split)
+
+
+def keyword_batch(args: tuple, kwargs: dict[str, Any], item: Any) -> tuple[tuple, Any]:
+    """A calibration item for a model called with keywords, as the graph's flat inputs: a
+    dict (a tokenizer's output) replaces the example's tensors by name, its non-tensor
+    keywords (``use_cache=False``) stay; a lone tensor is the one tensor input."""
+    tensors = [k for k, v in kwargs.items() if isinstance(v, torch.Tensor)]
+    if isinstance(item, Mapping):
+        extra = set(item) - set(kwargs)
+        missing = [k for k in tensors if k not in item]
+        if extra or missing or args:
+            raise OptionError(
+                f"calibration dicts must hold the example's keyword tensors {tensors} "
+                f"(extra: {sorted(extra)}, missing: {missing})")
+        merged = {k: item.get(k, v) for k, v in kwargs.items()}
+    elif isinstance(item, torch.Tensor) and len(tensors) == 1 and not args:
+        merged = {**kwargs, tensors[0]: item}
+    else:
+        raise OptionError(f"this model was captured with keywords {sorted(kwargs)}: pass "
+                          f"calibration batches as dicts with {tensors}")
+    flat, _ = pytree.tree_flatten((args, merged))
+    return tuple(flat), None
 
 
 @contextlib.contextmanager

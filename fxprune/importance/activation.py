@@ -9,7 +9,7 @@ import logging
 import numpy as np
 import torch
 
-from ..calibrate import Tap, per_unit, run_taps, tap_points
+from ..calibrate import Tap, all_reduce_fields, per_unit, run_taps, tap_points
 from .base import Calibration, Importance, require
 from .magnitude import GroupMagnitude
 
@@ -31,6 +31,9 @@ class ImageMean:
 
     def result(self) -> np.ndarray:
         return (self.total / max(self.count, 1)).double().numpy()
+
+    def all_reduce(self) -> None:
+        all_reduce_fields(self, ("total", "count"))
 
 
 def as_maps(x: torch.Tensor) -> torch.Tensor:

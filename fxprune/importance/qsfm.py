@@ -14,7 +14,7 @@ import logging
 import numpy as np
 import torch
 
-from ..calibrate import Tap, run_taps, tap_points
+from ..calibrate import Tap, all_reduce_fields, run_taps, tap_points
 from ..errors import OptionError
 from .activation import as_maps
 from .base import Calibration, Importance, register, require
@@ -47,6 +47,9 @@ class Similarity:
         self.total = s if self.total is None else self.total + s
         self.energy = e if self.energy is None else self.energy + e
         self.count += n
+
+    def all_reduce(self) -> None:
+        all_reduce_fields(self, ("total", "energy", "count"))
 
     def _pairwise(self, f: torch.Tensor) -> torch.Tensor:
         p = f.shape[2]

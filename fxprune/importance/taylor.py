@@ -31,7 +31,7 @@ class Taylor(Importance):
         total, count = np.zeros(len(graph.labels)), 0
         with eval_mode(gm):
             for inputs, target in batches(calib.data, len(graph.traced.example_inputs),
-                                          calib.max_batches):
+                                          calib.max_batches, graph.traced.split_batch):
                 if target is None:
                     raise OptionError("taylor needs calibration batches of (inputs, target)")
                 loss = calib.loss_fn(gm(*inputs), target)

@@ -143,11 +143,28 @@ class Broadcast(Rule):
                 if out[j] is None:
                     out[j] = ax
                 else:
+                    _tie_lines(ctx, out[j], ax)
                     ctx.tie(out[j], ax)
         for j in range(rank):
             if out[j] is None:  # every operand broadcasts here (or is a scalar)
                 out[j] = ctx.fresh((out_shape[j],))[0]
         ctx.set_out(out)
+
+
+def _ragged_dim(ax: Axis) -> bool:
+    return ax.comp.is_ragged and ax.ldims == (ax.comp.ragged,)
+
+
+def _tie_lines(ctx: AnalysisContext, a: Axis, b: Axis) -> None:
+    """A per-position table broadcast over the heads of a reshaped dim (RoPE's ``q * cos``)
+    is read at the same positions by every head. Collapsing the comp onto the position dim
+    (what a plain tie would do) would keep every head; collapsing it onto the head dim keeps
+    the positions instead and lets whole heads go, which is what attention needs."""
+    if _ragged_dim(b) and not _ragged_dim(a):
+        a, b = b, a
+    comp = a.comp
+    if _ragged_dim(a) and b.comp is not comp and b.comp.ids.ndim == 1 and comp.ids.ndim == 2:
+        ctx.space.collapse(comp, 1 - comp.ragged)
 
 
 def _size_sources(ctx: AnalysisContext, args: list) -> list[Axis]:

@@ -16,6 +16,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .addmm import Addmm
 from .attention import Einsum, MatMul, ScaledDotProductAttention
 from .base import Rule, Unknown
 from .elementwise import (
@@ -253,6 +254,8 @@ def _build_aten() -> dict[Any, Rule]:
         aten.pixel_unshuffle.default: PixelShuffle(inverse=True),
         aten.type_as.default: Unary(first_only=True), aten.to.dtype: _UNARY,
         aten.to.dtype_layout: _UNARY, aten._to_copy.default: _UNARY,
+        aten.addmm.default: Addmm(), aten.to.device: _UNARY, aten.to.other: Unary(first_only=True),
+        aten.to.prim_Device: _UNARY,
     }
     for nd in (1, 2, 3):
         for op in ("max_pool", "avg_pool", "adaptive_avg_pool", "adaptive_max_pool"):

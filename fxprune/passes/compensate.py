@@ -5,7 +5,8 @@ removed inputs are predicted from the kept ones, x_R ~ A x_K + c, from streamed 
 second moments of x on calibration data; then ``W_K += W_R A`` and ``b += W_R c`` (summed
 over the kernel). ``lstsq`` takes the ridge solution ``A = S_RK (S_KK + lambda I)^-1``;
 ``merge`` maps each removed channel to its most correlated kept one with the least-squares
-scale and offset (QSFM's merging). Statistics come from the original model; each consumer
+scale and offset (QSFM's merging); ``mean`` keeps only the offset, x_R ~ E[x_R] (FLAP's bias
+compensation: first moments only, O(D)). Statistics come from the original model; each consumer
 is corrected on its own. Zero padding makes the bias term approximate at borders.
 """
 
@@ -21,30 +22,37 @@ import torch.fx as fx
 from ..analyze.elements import axis_ids
 from ..analyze.graph import ChannelGraph
 from ..analyze.layout import kept_positions
-from ..calibrate import run_taps
+from ..calibrate import all_reduce_fields, run_taps
 
 log = logging.getLogger(__name__)
 MAX_FEATURES = 4096  # second moments are D x D: wider inputs (flatten -> linear) are skipped
 
 
 class Moments:
-    """Running sum of x and x x^T over every sample position of a (N, D, *rest) tensor."""
+    """Running sum of x and x x^T (``first_only``: x alone) over every sample position of a
+    (N, D, *rest) tensor."""
 
-    def __init__(self):
+    def __init__(self, first_only: bool = False):
         self.s1: torch.Tensor | None = None
         self.s2: torch.Tensor | None = None
         self.count = 0
+        self.first_only = first_only
 
     def update(self, x: torch.Tensor) -> None:
         f = x.movedim(1, -1).reshape(-1, x.shape[1]).double()
-        s1, s2 = f.sum(0), f.T @ f
+        s1 = f.sum(0)
         self.s1 = s1 if self.s1 is None else self.s1 + s1
-        self.s2 = s2 if self.s2 is None else self.s2 + s2
         self.count += f.shape[0]
+        if not self.first_only:
+            s2 = f.T @ f
+            self.s2 = s2 if self.s2 is None else self.s2 + s2
 
-    def mean_cov(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def all_reduce(self) -> None:
+        all_reduce_fields(self, ("s1", "count") if self.first_only else ("s1", "s2", "count"))
+
+    def mean_cov(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         mu = self.s1 / self.count
-        return mu, self.s2 / self.count - torch.outer(mu, mu)
+        return mu, None if self.first_only else self.s2 / self.count - torch.outer(mu, mu)
 
 
 @dataclass
@@ -79,16 +87,23 @@ class CompensationReport:
         return text
 
 
-def find_sites(graph: ChannelGraph, removed_units: np.ndarray,
-               report: CompensationReport) -> list[Site]:
+def find_sites(graph: ChannelGraph, removed_units: np.ndarray, report: CompensationReport,
+               method: str = "lstsq") -> list[Site]:
+    """Consumers whose input lost channels: conv (groups = 1) and linear modules, and linear
+    calls on parameters (what the export frontend captures)."""
     keep = graph.keep_mask(removed_units)
     sites = []
     for node in graph.traced.gm.graph.nodes:
         rule = graph.rules.get(node.name)
-        if node.op != "call_module" or rule is None or not rule.refits:
+        if rule is None or not rule.refits or node.op not in ("call_module", "call_function"):
             continue
-        if getattr(graph.ctx.modules[node.target], "groups", 1) != 1:
+        weight = rule.weight_of(node)
+        if weight is None or weight not in graph.params:
             continue
+        if node.op == "call_module" and getattr(graph.ctx.modules[node.target], "groups", 1) != 1:
+            continue
+        if node.op == "call_function" and rule.name != "linear":
+            continue  # functional convs carry groups/padding as arguments: not refitted
         src = node.args[0]
         axes = graph.ctx.axes.get(src.name) if isinstance(src, fx.Node) else None
         if not isinstance(axes, list):
@@ -96,30 +111,34 @@ def find_sites(graph: ChannelGraph, removed_units: np.ndarray,
         dim = rule.producer_dim % len(axes)  # its input channels sit where it makes its own
         if not axes[dim].full or keep[axis_ids(axes[dim])].all():
             continue  # part of a reshaped block, or nothing removed from this input
-        info = graph.params[f"{node.target}.weight"]
+        info = graph.params[weight]
         kept = kept_positions(info.order.get(1, info.axes[1]), keep)
         removed = np.setdiff1d(np.arange(info.shape[1]), kept)
         if not removed.size:
             continue
-        if info.shape[1] > MAX_FEATURES:
+        if info.shape[1] > MAX_FEATURES and method != "mean":
             report.skipped.append((node.name, f"{info.shape[1]} input features > {MAX_FEATURES}"))
             continue
         out_kept = kept_positions(info.order.get(0, info.axes[0]), keep)
-        sites.append(Site(node.name, node.target, src.name, dim, kept, removed, out_kept))
+        target = weight.rpartition(".")[0]
+        sites.append(Site(node.name, target, src.name, dim, kept, removed, out_kept))
     return sites
 
 
-def collect(graph: ChannelGraph, sites: list[Site], data, max_batches) -> dict:
-    stats = {(s.input, s.dim): Moments() for s in sites}
+def collect(graph: ChannelGraph, sites: list[Site], data, max_batches,
+            first_only: bool = False) -> dict:
+    stats = {(s.input, s.dim): Moments(first_only) for s in sites}
     if stats:
         run_taps(graph, stats, data, max_batches=max_batches)
     return stats
 
 
 def solve(mu: torch.Tensor, cov: torch.Tensor, kept: np.ndarray, removed: np.ndarray,
-          method: str, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A, c) with x_R ~ A x_K + c."""
+          method: str, ridge: float) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(A, c) with x_R ~ A x_K + c (A None: zero)."""
     k, r = torch.as_tensor(kept), torch.as_tensor(removed)
+    if method == "mean":  # FLAP's bias compensation: the removed inputs at their mean
+        return None, mu[r]
     s_kk, s_rk = cov[k][:, k], cov[r][:, k]
     if method == "lstsq":
         lam = ridge * float(torch.diagonal(s_kk).mean().clamp_min(1e-12))
@@ -150,20 +169,33 @@ def apply(pruned: fx.GraphModule, graph: ChannelGraph, sites: list[Site], stats:
         w = graph.traced.tensors[f"{site.target}.weight"].detach().double()
         w_r = w[:, torch.as_tensor(site.removed)]
         rows = torch.as_tensor(site.out_kept)
-        dw = torch.einsum("or...,rk->ok...", w_r, a)[rows]
+        dw = None if a is None else torch.einsum("or...,rk->ok...", w_r, a)[rows]
         db = torch.einsum("or...,r->o", w_r, c)[rows]
         mod = pruned.get_submodule(site.target)
         before[f"{site.target}.weight"] = mod.weight.detach().clone()
         with torch.no_grad():
-            mod.weight.add_(dw.to(mod.weight.dtype))
-            if mod.bias is None:
+            if dw is not None:
+                mod.weight.add_(dw.to(mod.weight.dtype))
+            if getattr(mod, "bias", None) is None:
                 before[f"{site.target}.bias"] = None
                 mod.bias = torch.nn.Parameter(db.to(mod.weight.dtype))
+                _read_bias(pruned, site)
             else:
                 before[f"{site.target}.bias"] = mod.bias.detach().clone()
                 mod.bias.add_(db.to(mod.bias.dtype))
         report.sites.append(site.node)
     return before
+
+
+def _read_bias(pruned: fx.GraphModule, site: Site) -> None:
+    """A linear call that had no bias reads the new one (module calls read it themselves)."""
+    node = next((n for n in pruned.graph.nodes if n.name == site.node), None)
+    if node is None or node.op != "call_function":
+        return
+    with pruned.graph.inserting_before(node):
+        bias = pruned.graph.get_attr(f"{site.target}.bias")
+    node.args = (*node.args[:2], bias)
+    pruned.recompile()
 
 
 def restore(module: torch.nn.Module, before: dict[str, torch.Tensor | None]) -> None:
@@ -183,8 +215,8 @@ def compensate(pruned: fx.GraphModule, graph: ChannelGraph, removed_units: np.nd
     """Refit the consumers of ``pruned`` in place (``method`` and ``ridge`` as validated by
     ``options.CompensationOptions``); returns the report and the uncompensated tensors."""
     report = CompensationReport(method)
-    sites = find_sites(graph, removed_units, report)
-    stats = collect(graph, sites, data, max_batches)
+    sites = find_sites(graph, removed_units, report, method)
+    stats = collect(graph, sites, data, max_batches, first_only=method == "mean")
     before = apply(pruned, graph, sites, stats, method, ridge, report)
     log.info("%s", report)
     return report, before

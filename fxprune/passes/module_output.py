@@ -173,9 +173,10 @@ def owner_of(node: fx.Node) -> str | None:
 
 
 def _resized(graph: ChannelGraph, keep: np.ndarray, pruned: fx.GraphModule):
-    """(node, {old size: {new sizes}}, literal) for every node whose output dims or literal
-    int arguments changed; ``literal``: the rewrite changed its arguments (sizes the Python
-    code computes), not only the sizes flowing through it."""
+    """(node, {old size: {new sizes}}, literal, same) for every node whose output dims or
+    literal int arguments changed; ``literal``: the rewrite changed its arguments (sizes the
+    Python code computes), not only the sizes flowing through it; ``same``: the literal ints
+    that did not change (``head_dim`` next to a head count of the same value)."""
     new_nodes = {n.name: n for n in pruned.graph.nodes}
     for node in graph.traced.gm.graph.nodes:
         if node.op not in ("call_function", "call_method"):
@@ -188,13 +189,16 @@ def _resized(graph: ChannelGraph, keep: np.ndarray, pruned: fx.GraphModule):
         new = new_nodes.get(node.name)
         old_ints, new_ints = _ints(node.args), _ints(new.args) if new is not None else []
         literal = new is not None and (new.target != node.target or old_ints != new_ints)
+        same: set[int] = set()
         if new is not None and new.target == node.target:
             if len(old_ints) == len(new_ints):
                 for a, b in zip(old_ints, new_ints):
                     if a != b:
                         changes[a].add(b)
-        if changes:
-            yield node, changes, literal
+                    else:
+                        same.add(a)
+        if changes or same:
+            yield node, changes, literal, same
 
 
 def _flat_axes(axes) -> list:
@@ -215,15 +219,24 @@ def _follow_sizes(out: ModuleOutput, graph: ChannelGraph, removed: np.ndarray,
                   pruned: fx.GraphModule) -> None:
     keep = graph.keep_mask(removed)
     per_module: dict[str, dict[int, set[int]]] = defaultdict(lambda: defaultdict(set))
-    for node, changes, literal in _resized(graph, keep, pruned):
+    unchanged: dict[str, set[int]] = defaultdict(set)
+    for node, changes, literal, same in _resized(graph, keep, pruned):
         owner = owner_of(node)
         if owner is None:
+            continue
+        unchanged[owner] |= same
+        if not changes:
             continue
         out.touched.setdefault(owner, set()).add(node.name)
         if literal:
             out.changed.setdefault(owner, set()).add(node.name)
         for old, new in changes.items():
             per_module[owner][old] |= new
+    inputs = {n for node in graph.traced.gm.graph.nodes if node.op == "placeholder"
+              for n in getattr(graph.traced.values.get(node.name), "shape", ())}
+    for owner, same in unchanged.items():  # a size that also stayed: which one is unclear
+        for size in (same - inputs) & set(per_module[owner]):  # (not a batch or token count)
+            per_module[owner][size].add(size)
     modules = dict(out.module.named_modules())
     for path, changes in per_module.items():
         m = modules.get(path)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
+from .. import hf
 from ..errors import BUG_HINT, FxPruneError, RewriteError, StageError, TraceError, first_line
 from ..options import CompressOptions
 from ..util import as_inputs
@@ -26,6 +27,7 @@ MAX_REWRITE_RETRIES = 8
 
 def run(model: torch.nn.Module, example_inputs, options: CompressOptions) -> fx.GraphModule:
     """Prune ``model`` as ``options`` say; ``steps > 1`` runs the pipeline once per step."""
+    options = hf.adapt(model, options)
     if options.steps > 1:
         return run_steps(model, as_inputs(example_inputs), options, once=run)
     state = State(model, as_inputs(example_inputs), options, options.plugin())

@@ -11,7 +11,7 @@ import logging
 import numpy as np
 import torch
 
-from .. import frontends
+from .. import frontends, hf
 from ..budget import solve as solve_budget
 from ..errors import OptionError, RewriteError, VerificationError, first_line
 from ..options import SelectOptions
@@ -146,6 +146,16 @@ def materialize(state: State) -> None:
     raise RewriteError(f"{why}{detail}; keeping those channels", nodes=frozenset(nodes))
 
 
+def _write_config(state: State) -> None:
+    """``hf_config``: the module's config and size attributes describe its pruned shapes."""
+    if state.options.hf_config is None:
+        return
+    edit = hf.write_config(state.module_out.module, state.model)
+    state.module_notes.append(f"config: {edit.values or 'unchanged'}"
+                              + (f"; {len(edit.attributes)} attention attributes set"
+                                 if edit.attributes else ""))
+
+
 def verify(state: State) -> None:
     if not state.options.verify:
         return
@@ -181,6 +191,9 @@ def compensate(state: State) -> None:
 def report(state: State) -> None:
     graph, gm, plan = state.graph, state.pruned, state.plan
     out = state.module_out
+    if out is not None:  # compensation refitted the graph's tensors: the module takes them
+        module_output.assign_tensors(out.module, graph, gm)
+        _write_config(state)
     extra = {"uncompensated": state.uncompensated} if state.uncompensated is not None else {}
     rep = Report(
         params_before=count_params(graph.traced.gm), params_after=count_params(gm),
@@ -195,8 +208,7 @@ def report(state: State) -> None:
                             options=state.options)
     gm.meta["fxprune"] = result
     state.result = gm
-    if out is not None:  # compensation refitted the graph's tensors: the module takes them
-        module_output.assign_tensors(out.module, graph, gm)
+    if out is not None:
         out.module.train(state.model.training)
         remember(out.module, result)
         state.result = out.module
