@@ -50,14 +50,17 @@ def copy_modules(module: torch.nn.Module, memo: dict[int, object],
     return new
 
 
-def owned_copy(module: torch.nn.Module) -> torch.nn.Module:
+def owned_copy(module: torch.nn.Module, placeholders: frozenset[str] = frozenset()
+               ) -> torch.nn.Module:
     """A copy of ``module`` that shares no tensor, module or hook dict with it: what fxprune
-    traces, so nothing it does can reach the caller's model."""
+    traces, so nothing it does can reach the caller's model. Tensors named in
+    ``placeholders`` are not cloned but left empty, for the caller to replace (module
+    output: the pruned tensors; cloning the originals first would double the peak memory)."""
     memo: dict[int, object] = {}
-    for _, t in list(module.named_parameters(remove_duplicate=False)) + list(
+    for name, t in list(module.named_parameters(remove_duplicate=False)) + list(
             module.named_buffers(remove_duplicate=False)):
         if id(t) not in memo:
-            new = t.detach().clone()
+            new = t.detach().new_empty(0) if name in placeholders else t.detach().clone()
             memo[id(t)] = torch.nn.Parameter(new, requires_grad=t.requires_grad) if isinstance(
                 t, torch.nn.Parameter) else new
     return copy_modules(module, memo, top=False)

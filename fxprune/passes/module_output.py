@@ -51,7 +51,9 @@ class ModuleOutput:
 def build(model: nn.Module, graph: ChannelGraph, removed: np.ndarray,
           pruned: fx.GraphModule) -> ModuleOutput:
     """A copy of ``model`` (the caller's, untouched) with the pruned tensors and attributes."""
-    out = ModuleOutput(owned_copy(model))
+    replaced = frozenset(n for n, _ in list(pruned.named_parameters(remove_duplicate=False))
+                         + list(pruned.named_buffers(remove_duplicate=False)))
+    out = ModuleOutput(owned_copy(model, replaced))
     out.missing = assign_tensors(out.module, graph, pruned)
     for name, m in out.module.named_modules():
         refresh = _REFRESH.get(type(m)) or next(
@@ -65,8 +67,9 @@ def build(model: nn.Module, graph: ChannelGraph, removed: np.ndarray,
 def assign_tensors(module: nn.Module, graph: ChannelGraph, pruned: fx.GraphModule
                    ) -> list[str]:
     """Every tensor of ``pruned`` replaces the one of the same qualified name in ``module``
-    (tied tensors stay tied: one new tensor per original object). Returns the resized
-    tensors ``module`` has no place for (constants export lifted under a made-up name)."""
+    (tied tensors stay tied: one new tensor per original object; the module holds the
+    pruned graph's storage, not a second copy of it). Returns the resized tensors
+    ``module`` has no place for (constants export lifted under a made-up name)."""
     new_tensors = dict(pruned.named_buffers(remove_duplicate=False))
     new_tensors.update(pruned.named_parameters(remove_duplicate=False))
     done: dict[int, torch.Tensor] = {}
@@ -79,7 +82,7 @@ def assign_tensors(module: nn.Module, graph: ChannelGraph, pruned: fx.GraphModul
             owner = None
         old = getattr(owner, local, None) if owner is not None else None
         if old is None and owner is not None and owner._parameters.get(local, 0) is None:
-            owner._parameters[local] = nn.Parameter(tensor.detach().clone())  # a refit bias
+            owner._parameters[local] = nn.Parameter(tensor.detach())  # a refit bias
             continue
         if not isinstance(old, torch.Tensor):
             info = graph.params.get(qual)
@@ -87,7 +90,7 @@ def assign_tensors(module: nn.Module, graph: ChannelGraph, pruned: fx.GraphModul
                 missing.append(qual)
             continue
         if id(old) not in done:
-            value = tensor.detach().clone()
+            value = tensor.detach()
             if isinstance(old, nn.Parameter):
                 value = nn.Parameter(value, requires_grad=old.requires_grad)
             done[id(old)] = value
