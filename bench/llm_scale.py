@@ -115,7 +115,7 @@ def main() -> None:
              "runs | note |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         gb, model_gb = r.get("peak_rss_gb", float("nan")), r.get("model_gb", float("nan"))
-        note = r.get("error") or r.get("verify") or ""
+        note = (r.get("error") or r.get("verify") or "").replace("|", "\\|")
         if r.get("timings"):
             note += f" {r['timings']}"
         lines.append(f"| {r['tool']} | {r.get('params', 0):,} | {r.get('params_after', 0):,} "

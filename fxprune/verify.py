@@ -34,6 +34,7 @@ class VerifyResult:
     dtype: str
     approx_deviation: float | None = None  # relative, when approximate groups were removed
     compensation_deviation: float | None = None  # compensated model vs unpruned, relative
+    blocks: int = 0  # > 0: checked block by block (verify_blocks), this many blocks
 
     def __str__(self) -> str:
         status = "exact" if self.ok else "MISMATCH"
@@ -42,6 +43,9 @@ class VerifyResult:
         if self.approx_deviation is not None:
             text = (f"exact groups {text}; with the approximate (LayerNorm) groups removed too: "
                     f"relative deviation {self.approx_deviation:.3g}")
+        if self.blocks:
+            text += f"; decoder blocks checked one by one ({self.blocks}): float64 copies of " \
+                    "the whole model would not fit in memory"
         if self.compensation_deviation is not None:
             text += ("; the rewrite was checked before compensation; the compensated model "
                      f"deviates from the unpruned one by {self.compensation_deviation:.3g} "

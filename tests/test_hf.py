@@ -215,3 +215,31 @@ def test_flap_with_bias_compensation_round_trips(tmp_path):
     back = type(model).from_pretrained(tmp_path).eval()
     a, b = _logits(pruned, (), calib[1]), _logits(back, (), calib[1])
     assert torch.allclose(a, b, rtol=1e-5, atol=1e-6 * float(a.abs().max()))
+
+
+def test_block_by_block_verification_when_float64_copies_do_not_fit(monkeypatch):
+    """A model too big for two float64 copies is checked decoder layer by decoder layer on
+    inputs recorded from the original: exact blocks pass, a tampered block is caught, and a
+    removed unit outside the blocks (the hidden size) falls back to the whole-model check."""
+    import fxprune.verify_blocks as vb
+
+    monkeypatch.setattr(vb, "MEMORY_SHARE", 1e-12)  # "nothing fits"
+    torch.manual_seed(0)
+    model = MODELS["llama"]()
+    args, kwargs = _inputs("llama")
+    pruned = fxprune.compress(model, args, example_kwargs=kwargs, ratio=0.5)
+    result = fxprune.result_of(pruned)
+    verify = result.report.verify
+    assert verify.ok and verify.blocks == 3  # two decoder layers and the final norm
+    assert "one by one" in str(verify) and verify.dtype == "float64"
+    assert vb.repeated_blocks(model) == ["model.layers.0", "model.layers.1", "model.norm"]
+    tampered = copy.deepcopy(pruned)
+    with torch.no_grad():
+        tampered.model.layers[1].mlp.down_proj.weight[0, 0] += 1e-3
+    bad = vb.check_blocks(model, tampered, result.graph, result.removed_units, ((), kwargs))
+    assert bad is not None and not bad.ok
+    bert = MODELS["bert"]()  # its LayerNorm'd hidden size goes too: outside every block
+    args, kwargs = _inputs("bert")
+    wide = fxprune.compress(bert, args, example_kwargs=kwargs, ratio=0.5, exact_only=False)
+    assert fxprune.result_of(wide).report.verify.blocks == 0  # whole-model check instead
+    assert fxprune.result_of(wide).report.verify.ok

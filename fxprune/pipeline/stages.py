@@ -11,7 +11,7 @@ import logging
 import numpy as np
 import torch
 
-from .. import frontends, hf
+from .. import frontends, hf, verify_blocks
 from ..budget import solve as solve_budget
 from ..errors import OptionError, RewriteError, VerificationError, first_line
 from ..options import SelectOptions
@@ -125,6 +125,8 @@ def materialize(state: State) -> None:
     state.module_out = out
     if not state.options.verify:
         return
+    if verify_blocks.too_big(state.model) and _verify_by_blocks(state, out):
+        return
     result, failed, detail = None, None, ""
     for dtype in (torch.float64, torch.float32):  # float32: code that makes float32 tensors
         probe = clone_as(out.module, dtype)
@@ -146,6 +148,21 @@ def materialize(state: State) -> None:
     raise RewriteError(f"{why}{detail}; keeping those channels", nodes=frozenset(nodes))
 
 
+def _verify_by_blocks(state: State, out) -> bool:
+    """A model too big for float64 copies, checked decoder block by decoder block; False when
+    that does not apply (then the whole model is checked)."""
+    source = state.traced.source if state.traced.source is not None else state.model
+    result = verify_blocks.check_blocks(source, out.module, state.graph, state.removed,
+                                        state.traced.call)
+    if result is None:
+        return False
+    if not result.ok:
+        raise VerificationError(f"the pruned {type(state.model).__name__} differs from the "
+                                f"masked original in one of its blocks ({result})")
+    state.module_verify = result
+    return True
+
+
 def _write_config(state: State) -> None:
     """``hf_config``: the module's config and size attributes describe its pruned shapes."""
     if state.options.hf_config is None:
@@ -158,6 +175,9 @@ def _write_config(state: State) -> None:
 
 def verify(state: State) -> None:
     if not state.options.verify:
+        return
+    if state.module_verify is not None and state.module_verify.blocks:
+        state.verify = state.module_verify  # the graph is as big: checked by blocks already
         return
     result, deviation = check(state.graph, state.removed, state.pruned, state.inputs)
     if deviation is not None:
