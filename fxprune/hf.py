@@ -76,11 +76,13 @@ class ConfigEdit:
 
 
 def write_config(module: nn.Module, original: nn.Module) -> ConfigEdit:
-    """Make ``module.config`` (a copy) and its attention modules describe the pruned sizes.
-    Raises when the layers disagree or the config cannot build these shapes."""
-    import copy
-
-    config = copy.deepcopy(original.config)
+    """Make ``module.config`` and its attention modules describe the pruned sizes. The config
+    is the module's own copy (module output copies the model), edited in place so that the
+    submodules holding it see the same values. Raises when the layers disagree or the config
+    cannot build these shapes."""
+    config = module.config
+    if config is original.config:
+        raise FxPruneError("hf_config: the pruned module shares its config with the caller's")
     edit = ConfigEdit()
     counts: dict[str, Counter] = {}
 
@@ -108,7 +110,6 @@ def write_config(module: nn.Module, original: nn.Module) -> ConfigEdit:
             if old != new:
                 setattr(m, attr, new)
                 edit.attributes.append(f"{name}.{attr}: {old} -> {new}")
-    module.config = config
     _check_buildable(module, edit)
     return edit
 

@@ -243,3 +243,12 @@ def test_block_by_block_verification_when_float64_copies_do_not_fit(monkeypatch)
     wide = fxprune.compress(bert, args, example_kwargs=kwargs, ratio=0.5, exact_only=False)
     assert fxprune.result_of(wide).report.verify.blocks == 0  # whole-model check instead
     assert fxprune.result_of(wide).report.verify.ok
+
+
+def test_every_module_sees_the_rewritten_config():
+    torch.manual_seed(0)
+    model = MODELS["llama"]()
+    args, kwargs = _inputs("llama")
+    pruned = fxprune.compress(model, args, example_kwargs=kwargs, ratio=0.5, hf_config="uniform")
+    assert pruned.model.layers[0].self_attn.config is pruned.config is not model.config
+    assert pruned.model.config.num_key_value_heads == 1 and model.config.num_key_value_heads == 2
