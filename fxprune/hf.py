@@ -46,7 +46,7 @@ def adapt(model: nn.Module, options):
         return options
     trace, sel, att = options.trace, options.select, options.attention
     kwargs = dict(trace.example_kwargs or {})
-    if "use_cache" not in kwargs and "use_cache" in inspect.signature(model.forward).parameters:
+    if "use_cache" not in kwargs and "use_cache" in _parameters(model.forward):
         kwargs["use_cache"] = False
     trace = dataclasses.replace(trace, example_kwargs=kwargs or None)
     if sel.exact_only is None:
@@ -67,6 +67,13 @@ def adapt(model: nn.Module, options):
     if options.output == "graph" and mode is not None:
         raise OptionError("hf_config rewrites model.config: it needs output='module'")
     return dataclasses.replace(options, trace=trace, select=sel, attention=att)
+
+
+def _parameters(fn) -> set[str]:
+    try:
+        return set(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):  # a forward without a signature: pass nothing extra
+        return set()
 
 
 @dataclass

@@ -102,9 +102,8 @@ def _record(model: nn.Module, blocks: list[str], call: tuple[tuple, dict]) -> di
     hooks = []
     for name in blocks:
         def hook(_m, args, kwargs, name=name):  # a copy: a cache among them is updated later
-            if name not in seen:
-                seen[name] = copy.deepcopy((tuple(_detach(a) for a in args),
-                                            {k: _detach(v) for k, v in kwargs.items()}))
+            if name not in seen:  # (no grad here: the tensors are plain values)
+                seen[name] = copy.deepcopy((tuple(args), dict(kwargs)))
         hooks.append(model.get_submodule(name).register_forward_pre_hook(hook, with_kwargs=True))
     try:
         with torch.no_grad(), eval_mode(model):
@@ -113,14 +112,6 @@ def _record(model: nn.Module, blocks: list[str], call: tuple[tuple, dict]) -> di
         for h in hooks:
             h.remove()
     return seen
-
-
-def _detach(v):
-    if isinstance(v, torch.Tensor):
-        return v.detach()
-    if isinstance(v, (list, tuple)):
-        return type(v)(_detach(x) for x in v)
-    return v
 
 
 def _mask(block: nn.Module, prefix: str, graph, dead: np.ndarray) -> None:

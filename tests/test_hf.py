@@ -252,3 +252,18 @@ def test_every_module_sees_the_rewritten_config():
     pruned = fxprune.compress(model, args, example_kwargs=kwargs, ratio=0.5, hf_config="uniform")
     assert pruned.model.layers[0].self_attn.config is pruned.config is not model.config
     assert pruned.model.config.num_key_value_heads == 1 and model.config.num_key_value_heads == 2
+
+
+def test_a_block_that_cannot_be_rerun_falls_back_to_the_whole_model(monkeypatch):
+    import fxprune.verify_blocks as vb
+
+    def broken(*_a, **_k):
+        raise RuntimeError("a block that needs its neighbours")
+
+    monkeypatch.setattr(vb, "MEMORY_SHARE", 1e-12)
+    monkeypatch.setattr(vb, "check_blocks", broken)
+    model = MODELS["llama"]()
+    args, kwargs = _inputs("llama")
+    pruned = fxprune.compress(model, args, example_kwargs=kwargs, ratio=0.5)
+    verify = fxprune.result_of(pruned).report.verify
+    assert verify.ok and verify.blocks == 0

@@ -152,8 +152,12 @@ def _verify_by_blocks(state: State, out) -> bool:
     """A model too big for float64 copies, checked decoder block by decoder block; False when
     that does not apply (then the whole model is checked)."""
     source = state.traced.source if state.traced.source is not None else state.model
-    result = verify_blocks.check_blocks(source, out.module, state.graph, state.removed,
-                                        state.traced.call)
+    try:
+        result = verify_blocks.check_blocks(source, out.module, state.graph, state.removed,
+                                            state.traced.call)
+    except Exception as exc:  # noqa: BLE001 - a block that cannot be rerun alone
+        log.info("fxprune: block-wise verification not possible (%s)", first_line(exc))
+        return False
     if result is None:
         return False
     if not result.ok:
