@@ -172,58 +172,76 @@ def _drop_heads(graph: ChannelGraph, scores: np.ndarray, active: list[Group],
     return head_unit, dead
 
 
-def _distinct_units(rows: np.ndarray) -> np.ndarray | None:
-    """Blocks (sorted rows of unit labels) as distinct units: a unit spanning m positions of a
-    block counts once when every unit spans the same m (whole heads made of tied head dims);
-    None when uneven."""
+def _distinct_units(rows: np.ndarray) -> list[tuple[int, np.ndarray]] | None:
+    """Blocks (sorted rows of unit labels) as distinct units, by multiplicity: a unit that
+    spans m positions of its block counts once when every unit of that block spans m (whole
+    heads of tied head dims; RoPE's pairs, m = 2, next to v's free dims, m = 1). Returns
+    (m, rows of units) per multiplicity; None when a block's units span unequal counts."""
     if rows.size == 0:
-        return rows
+        return []
     n_rows, width = rows.shape
     distinct = 1 + (rows[:, 1:] != rows[:, :-1]).sum(axis=1)
-    k = int(distinct[0])
-    if not (distinct == k).all() or width % k:
-        return None
-    runs = rows.reshape(n_rows, k, width // k)
-    return runs[:, :, 0] if (runs == runs[:, :, :1]).all() else None
+    parts = []
+    for k in np.unique(distinct):
+        sub = rows[distinct == k]
+        if width % k:
+            return None
+        runs = sub.reshape(sub.shape[0], int(k), width // int(k))
+        if not (runs == runs[:, :, :1]).all():
+            return None
+        parts.append((width // int(k), runs[:, :, 0]))
+    return parts
 
 
 def _constrained(graph: ChannelGraph, g: Group, units: np.ndarray, scores: np.ndarray, k: int,
                  notes: list[str]) -> np.ndarray:
-    """Top-k per block with one k for all blocks of a constraint; free units by ratio.
-    ``units`` are the group's units still alive (blocks of removed heads are skipped)."""
+    """Top-k per block with one count of kept positions for all blocks of a constraint (a
+    multiple of every block's unit span); free units by ratio. ``units`` are the group's
+    units still alive (blocks of removed heads are skipped)."""
     in_group = np.zeros(len(graph.labels), dtype=bool)
     in_group[units] = True
     labs, seen, kept = [], set(), []
     for c in g.constraints:  # lines holding the same units (q and k of a head) count once
-        rows = _distinct_units(np.unique(np.sort(graph.labels[c.blocks], axis=1), axis=0))
-        if rows is None:
+        parts = _distinct_units(np.unique(np.sort(graph.labels[c.blocks], axis=1), axis=0))
+        if parts is None:
             notes.append(f"{g.name}: uneven equal-count constraint; group kept whole")
             return np.zeros(0, dtype=np.int64)
-        rows = rows[in_group[rows].any(axis=1) | (~np.isin(rows, g.units)).any(axis=1)]
-        if rows.shape[1] == 1:  # one unit per block: blocks go whole, no count to balance -
-            if not c.whole_blocks:  # unless a block may not disappear (a conv group)
-                kept.append(rows.reshape(-1))
+        alive = []
+        for m, rows in parts:
+            rows = rows[in_group[rows].any(axis=1) | (~np.isin(rows, g.units)).any(axis=1)]
+            if rows.size:
+                alive.append((m, rows))
+        if all(rows.shape[1] == 1 for _, rows in alive):  # one unit per block: blocks go
+            if not c.whole_blocks:  # whole, no count to balance - unless a block may not
+                kept.extend(rows.reshape(-1) for _, rows in alive)  # disappear (conv group)
             continue
-        rows = np.array([r for r in rows if r.tobytes() not in seen]).reshape(-1, rows.shape[1])
-        seen.update(r.tobytes() for r in rows)
-        if rows.shape[0] > 1:
-            labs.append(rows)
+        fresh = []
+        for m, rows in alive:
+            rows = np.array([r for r in rows if r.tobytes() not in seen]).reshape(
+                -1, rows.shape[1])
+            seen.update(r.tobytes() for r in rows)
+            if rows.size:
+                fresh.append((m, rows))
+        if sum(rows.shape[0] for _, rows in fresh) > 1:
+            labs.append((c.blocks.shape[1], fresh))
     if kept:  # kept units count as forced in every other constraint: equal counts hold
         in_group[np.concatenate(kept)] = False
-    flat = np.concatenate([lab[in_group[lab]] for lab in labs]) if labs else np.zeros(0, int)
+    flat = (np.concatenate([r[in_group[r]] for _, parts in labs for _, r in parts])
+            if labs else np.zeros(0, int))
     if flat.size and unique(flat).size != flat.size:
         notes.append(f"{g.name}: overlapping equal-count constraints; group kept whole")
         return np.zeros(0, dtype=np.int64)
     frac = k / max(units.size, 1)
     removed = []
-    for lab in labs:
-        forced = (~in_group[lab]).sum(axis=1).max()
-        width = lab.shape[1]
-        kk = min(width, max(int(forced), int(round(frac * width)), 1))
-        s = np.where(in_group[lab], scores[lab], np.inf)
-        order = np.argsort(-s, axis=1, kind="stable")
-        drop = np.take_along_axis(lab, order[:, kk:], axis=1).reshape(-1)
-        removed.append(drop)
+    for width, parts in labs:
+        step = int(np.lcm.reduce([m for m, _ in parts]))  # kept positions: a multiple of it
+        forced = max(int((~in_group[r]).sum(axis=1).max()) * m for m, r in parts)
+        keep = max(step * max(1, int(round(frac * width / step))), -(-forced // step) * step)
+        for m, lab in parts:
+            kk = min(lab.shape[1], keep // m)
+            s = np.where(in_group[lab], scores[lab], np.inf)
+            order = np.argsort(-s, axis=1, kind="stable")
+            removed.append(np.take_along_axis(lab, order[:, kk:], axis=1).reshape(-1))
     free = np.setdiff1d(units[in_group[units]], flat)
     if free.size:
         kf = min(free.size, max(1, int(round(frac * free.size))))

@@ -18,6 +18,15 @@ def as_inputs(example_inputs: Sequence[Any] | torch.Tensor) -> tuple:
     return tuple(example_inputs)
 
 
+def owner_of(node) -> str | None:
+    """The innermost module whose forward made an fx ``node`` (export's nn_module_stack)."""
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return None
+    path = list(stack.values())[-1][0]
+    return path.removeprefix("L['self'].").removeprefix("L__self__")
+
+
 def flat_tensors(out: Any) -> list[torch.Tensor]:
     """Every tensor in a model output (tensor, dict, list, tuple, nested), in a fixed order;
     numpy arrays (onnxruntime's outputs) become tensors."""

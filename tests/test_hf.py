@@ -267,3 +267,76 @@ def test_a_block_that_cannot_be_rerun_falls_back_to_the_whole_model(monkeypatch)
     pruned = fxprune.compress(model, args, example_kwargs=kwargs, ratio=0.5)
     verify = fxprune.result_of(pruned).report.verify
     assert verify.ok and verify.blocks == 0
+
+
+def _rope_llama():
+    """head_dim 16 = 64 / 4 heads, 2 KV heads: no head count shares the head size's value (a
+    module attribute is then found from its own literal, see module_output)."""
+    cfg = T.LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96,
+                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                        max_position_embeddings=32)
+    return T.LlamaForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize("output", ["module", "graph"])
+def test_rope_head_dims_prune_in_rotate_half_pairs(output):
+    """prune_heads=False prunes RoPE head dims: the same dims in every q and k head, dim i
+    with i + d/2 (rotate-half), the rotary inv_freq sliced with them; v's head dims follow
+    q's count (one head_dim attribute), and the result matches the value oracle."""
+    torch.manual_seed(0)
+    model = tamed_values(_rope_llama())
+    args, kwargs = _inputs("llama")
+    pruned = fxprune.compress(model, args, example_kwargs=kwargs, ratio=0.5, prune_heads=False,
+                              output=output)
+    report = fxprune.result_of(pruned).report
+    assert report.verify.ok and not report.fallbacks
+    d, half = 16, 8
+    new = dict(pruned.named_parameters())
+    new.update(pruned.named_buffers())
+    old_inv = model.model.rotary_emb.inv_freq
+    for i, layer in enumerate(model.model.layers):
+        att = layer.self_attn
+        pre = f"model.layers.{i}.self_attn."
+        kept = {}
+        for proj, heads in (("q_proj", 4), ("k_proj", 2), ("v_proj", 2)):
+            w_old = getattr(att, proj).weight.reshape(heads, d, -1)
+            w_new = new[_name(new, pre + proj + ".weight")]
+            dn = w_new.shape[0] // heads
+            rows = w_new.reshape(heads, dn, -1)
+            kept[proj] = [[next(j for j in range(d) if torch.equal(w_old[h, j], r))
+                           for r in rows[h]] for h in range(heads)]
+        q_dims = kept["q_proj"][0]
+        assert 0 < len(q_dims) < d
+        assert all(k == q_dims for k in kept["q_proj"] + kept["k_proj"])  # same in every head
+        low = [j for j in q_dims if j < half]
+        assert q_dims == low + [j + half for j in low]  # rotate-half pairs, in order
+        inv = new[_name(new, "rotary_emb.inv_freq")]
+        assert torch.equal(inv, old_inv[low])
+        if output == "module":  # one head_dim for q, k and v; v's positions are its own
+            assert pruned.model.layers[i].self_attn.head_dim == len(q_dims)
+            assert all(len(k) == len(q_dims) for k in kept["v_proj"])
+    ref = _masked_float(model, pruned)
+    a = _logits(ref, args, kwargs)
+    b = _logits(pruned, args, kwargs) if output == "module" else _graph_logits(pruned, kwargs)
+    assert torch.allclose(a, b, rtol=0, atol=1e-5 * float(a.abs().max()))
+    if output == "module":  # the KV cache holds the new head_dim: a cached step agrees
+        ids = kwargs["input_ids"][:1]
+        with torch.no_grad():
+            past = pruned(ids[:, :-1], use_cache=True).past_key_values
+            step = pruned(ids[:, -1:], past_key_values=past, use_cache=True).logits[:, -1]
+            full = pruned(ids, use_cache=False).logits[:, -1]
+        assert torch.allclose(step, full, rtol=0, atol=1e-5 * float(full.abs().max()))
+
+
+def _name(tensors: dict, suffix: str) -> str:
+    """The key ending in ``suffix`` (the graph output flattens module paths)."""
+    flat = suffix.replace(".", "_")
+    hits = [k for k in tensors if k.endswith(suffix) or k.replace(".", "_").endswith(flat)]
+    assert len(hits) == 1, (suffix, hits)
+    return hits[0]
+
+
+def _graph_logits(gm, kwargs):
+    with torch.no_grad():
+        out = gm(kwargs["input_ids"], kwargs["attention_mask"], False)  # use_cache=False
+    return out.logits

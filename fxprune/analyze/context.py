@@ -96,11 +96,17 @@ class NodeView:
 
 
 class AnalysisContext(NodeView):
-    def __init__(self, traced: Traced, prune_inputs: bool = False, eager: bool = False):
+    def __init__(self, traced: Traced, prune_inputs: bool = False, eager: bool = False,
+                 table_dims: bool = False):
         self.traced = traced
         # the result re-runs the model's Python (module output): sizes it recomputes from
-        # one attribute (``chunk(2)``, ``split((c, c))``) must stay equal after pruning
+        # one attribute (``chunk(2)``, ``split((c, c))``, ``view(b, s, -1, head_dim)``) must
+        # stay equal after pruning
         self.eager = eager
+        # a per-position table read by every head (RoPE's cos/sin): prune its dims (the same
+        # dims in every head, the table sliced) instead of whole heads
+        self.table_dims = table_dims
+        self.split_sizes: dict[tuple[str, int], list[Comp]] = {}  # (module, literal) -> comps
         self.gm = traced.gm
         self.values = traced.values
         self.space = ElementSpace()
@@ -198,6 +204,15 @@ class AnalysisContext(NodeView):
                 other = Axis(sub, tuple(x - (1 if x > ld else 0) for x in other.ldims))
             out.append(other)
         return out
+
+    def kept_whole(self, ax: Axis) -> bool:
+        """This dim cannot shrink: a factor other than its comp's carrier, or ids frozen
+        directly (a dim merged from such factors)."""
+        comp = ax.comp
+        if comp.ids.ndim > 1:
+            return comp.carrier is not None and comp.carrier not in ax.ldims
+        frozen = [f.ids for f in self.space.frozen]
+        return bool(frozen) and bool(np.isin(comp.ids, np.concatenate(frozen)).all())
 
     def new_comp(self, ids: np.ndarray, ragged: int | None = None) -> Comp:
         """A multi-dim comp made by the current node (a reshape that splits a dim)."""

@@ -61,6 +61,16 @@ class Axis:
         return len(self.ldims) == self.comp.ids.ndim
 
 
+def block_dim(ax: Axis) -> bool:
+    """A head-like dim: a non-ragged factor of a still-ragged reshaped dim."""
+    return ax.comp.is_ragged and len(ax.ldims) == 1 and ax.ldims[0] != ax.comp.ragged
+
+
+def ragged_dim(ax: Axis) -> bool:
+    """The dim whose lines keep equal counts (a head's dims) of a still-ragged comp."""
+    return ax.comp.is_ragged and ax.ldims == (ax.comp.ragged,)
+
+
 def plain_axis(ids: np.ndarray) -> Axis:
     return Axis(Comp(np.asarray(ids).reshape(-1)), (0,))
 

@@ -207,13 +207,27 @@ def _head_families(ctx: AnalysisContext, frozen_elem: np.ndarray) -> list[HeadFa
     return out
 
 
+def _lines(comp) -> np.ndarray:
+    r = comp.ragged
+    return np.moveaxis(comp.ids, r, -1).reshape(-1, comp.ids.shape[r])
+
+
 def _live_constraints(ctx: AnalysisContext) -> list[EqualCount]:
+    """The ops' constraints, one per still-ragged comp (its lines keep equal counts), and
+    under ``eager`` one per (module, literal size) that joins the lines of every comp that
+    module's code splits by that one number - whatever each comp became (a comp collapsed
+    onto its lines' dim has identical lines; one collapsed onto the other dim, whole lines)."""
     out = list(ctx.constraints)
+    joined: set[int] = set()
+    for (owner, _), comps in ctx.split_sizes.items():
+        comps = [c for c in comps if c.parent is None and c.ids.ndim == 2]
+        if len(comps) > 1:
+            out.append(EqualCount(np.concatenate([_lines(c) for c in comps]),
+                                  f"head sizes {owner} computes from one number", ""))
+            joined.update(id(c) for c in comps)
     for comp in ctx.space.comps:
-        if comp.is_ragged and comp.parent is None:
-            r = comp.ragged
-            lines = np.moveaxis(comp.ids, r, -1).reshape(-1, comp.ids.shape[r])
-            out.append(EqualCount(lines, "blocks of a reshaped dim", ""))
+        if comp.is_ragged and comp.parent is None and id(comp) not in joined:
+            out.append(EqualCount(_lines(comp), "blocks of a reshaped dim", ""))
     return out
 
 

@@ -13,25 +13,20 @@ import math
 import torch.fx as fx
 
 from ..analyze.context import AnalysisContext
-from ..analyze.elements import Axis
+from ..analyze.elements import Axis, block_dim, ragged_dim
 from ..analyze.rewrite import RewriteContext
 from .base import Rule, arg, set_arg
 
 
-def _block_dim(ax: Axis) -> bool:
-    """A head-like dim: a non-ragged factor of a still-ragged reshaped dim."""
-    return ax.comp.is_ragged and len(ax.ldims) == 1 and ax.ldims[0] != ax.comp.ragged
-
-
-def _ragged_dim(ax: Axis) -> bool:
-    return ax.comp.is_ragged and ax.ldims == (ax.comp.ragged,)
-
-
 def _pair_batch(ctx: AnalysisContext, a: Axis, b: Axis) -> Axis:
     """Output axis of two corresponding batch dims (b's wins, so ``attn @ v`` keeps v's heads)."""
-    if _block_dim(a) and _block_dim(b):
+    if block_dim(a) and block_dim(b):
         ctx.block_ties.append((a, b))  # head h here is head h there: they drop together
         return b
+    for x, y in ((a, b), (b, a)):  # heads that stay (q collapsed onto RoPE's positions)
+        if block_dim(x) and ctx.kept_whole(y):  # keep the other side's heads, not its dims
+            x.comp.fixed.update(x.ldims)
+            return b
     ctx.tie(a, b)
     return b
 
@@ -39,8 +34,8 @@ def _pair_batch(ctx: AnalysisContext, a: Axis, b: Axis) -> Axis:
 def _contract(ctx: AnalysisContext, a: Axis, b: Axis, batch: list[tuple[Axis, Axis]],
               arg_index: int, dim: int) -> None:
     """Couple the contracted dims; per-head positions stay free when both are head dims."""
-    if (_ragged_dim(a) and _ragged_dim(b) and a.comp.lshape == b.comp.lshape
-            and any(x.comp is a.comp and y.comp is b.comp and _block_dim(x) and _block_dim(y)
+    if (ragged_dim(a) and ragged_dim(b) and a.comp.lshape == b.comp.lshape
+            and any(x.comp is a.comp and y.comp is b.comp and block_dim(x) and block_dim(y)
                     for x, y in batch)):
         ctx.tie_ids(a.comp.ids, b.comp.ids)  # q and k: same positions within each head
         ids = a.comp.ids

@@ -6,7 +6,7 @@ import torch
 import torch.fx as fx
 
 from ..analyze.context import AnalysisContext, DerivedSize
-from ..analyze.elements import Axis, Category, plain_axis
+from ..analyze.elements import Axis, Category, plain_axis, ragged_dim
 from ..frontends.base import TensorSpec
 from .base import Rule
 
@@ -151,20 +151,18 @@ class Broadcast(Rule):
         ctx.set_out(out)
 
 
-def _ragged_dim(ax: Axis) -> bool:
-    return ax.comp.is_ragged and ax.ldims == (ax.comp.ragged,)
-
-
 def _tie_lines(ctx: AnalysisContext, a: Axis, b: Axis) -> None:
     """A per-position table broadcast over the heads of a reshaped dim (RoPE's ``q * cos``)
-    is read at the same positions by every head. Collapsing the comp onto the position dim
-    (what a plain tie would do) would keep every head; collapsing it onto the head dim keeps
-    the positions instead and lets whole heads go, which is what attention needs."""
-    if _ragged_dim(b) and not _ragged_dim(a):
+    is read at the same positions by every head, so one of two things stays whole. By
+    default the comp collapses onto the head dim: whole heads may go, the positions (and the
+    table) stay. With ``ctx.table_dims`` (``prune_heads=False``) it collapses onto the
+    position dim: the same positions go in every head and the table is sliced with them
+    (RoPE's rotate-half pairs i with i + d/2 through the ``cat`` that builds cos/sin)."""
+    if ragged_dim(b) and not ragged_dim(a):
         a, b = b, a
     comp = a.comp
-    if _ragged_dim(a) and b.comp is not comp and b.comp.ids.ndim == 1 and comp.ids.ndim == 2:
-        ctx.space.collapse(comp, 1 - comp.ragged)
+    if ragged_dim(a) and b.comp is not comp and b.comp.ids.ndim == 1 and comp.ids.ndim == 2:
+        ctx.space.collapse(comp, comp.ragged if ctx.table_dims else 1 - comp.ragged)
 
 
 def _size_sources(ctx: AnalysisContext, args: list) -> list[Axis]:

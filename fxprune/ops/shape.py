@@ -7,9 +7,10 @@ import torch
 import torch.fx as fx
 
 from ..analyze.context import AnalysisContext
-from ..analyze.elements import Axis, Category, plain_axis
+from ..analyze.elements import Axis, Category, Comp, block_dim, plain_axis
 from ..analyze.layout import new_size
 from ..analyze.rewrite import RewriteContext
+from ..util import owner_of
 from .base import Rule, arg, norm_dim, set_arg
 
 
@@ -62,6 +63,25 @@ def _merge(ctx: AnalysisContext, axes: list[Axis]) -> Axis:
     return plain_axis(np.tile(np.repeat(ids, after), before))
 
 
+def _repeated_heads(ctx: AnalysisContext, node: fx.Node, xa: list[Axis], gi: list[int]):
+    """``repeat_kv``: kv heads (a head dim of a still-ragged comp) merged with a dim that an
+    expand broadcast from size 1. Under ``table_dims`` the query heads stay, so each kv head's
+    dims may still shrink: the result is the kv comp with every head repeated (same
+    elements), not a collapse onto the heads. Returns (axis, the comp that replaces it)."""
+    head = xa[gi[0]]
+    src = node.args[0]
+    if not (ctx.table_dims and len(gi) == 2 and block_dim(head) and isinstance(src, fx.Node)
+            and src.target in (_aten.expand.default, "expand")):
+        return None
+    if ctx.shape(src.args[0])[gi[1]] != 1:
+        return None
+    comp, ld = head.comp, head.ldims[0]
+    rep = Comp(np.repeat(comp.ids, ctx.shape(src)[gi[1]], axis=ld), ragged=comp.ragged,
+               origin=node.name)  # not registered: its lines are the kv comp's own
+    rep.fixed.add(ld)
+    return Axis(rep, (ld,)), rep
+
+
 _aten = torch.ops.aten
 _SHAPE_TARGETS = ("view", "reshape", torch.reshape, _aten.view.default, _aten.reshape.default,
                   _aten._unsafe_view.default)  # sizes follow the input: view(x, *sizes)
@@ -82,6 +102,7 @@ class Reshape(Rule):
         xa = ctx.axes_of(x)
         s_in, s_out = ctx.shape(x), ctx.out_shape()
         out: list[Axis | None] = [None] * len(s_out)
+        remap: dict[int, Comp] = {}
         for gi, gj in dim_groups(s_in, s_out):
             for j in gj:
                 if s_out[j] == 1:
@@ -89,6 +110,10 @@ class Reshape(Rule):
             gi = [i for i in gi if s_in[i] != 1]
             gj = [j for j in gj if s_out[j] != 1]
             if not gi or not gj:
+                continue
+            repeated = _repeated_heads(ctx, node, xa, gi) if len(gj) == 1 else None
+            if repeated is not None:
+                out[gj[0]], remap[id(xa[gi[0]].comp)] = repeated
                 continue
             merged = _merge(ctx, [xa[i] for i in gi])
             if len(gj) == 1:
@@ -98,7 +123,13 @@ class Reshape(Rule):
             comp = ctx.new_comp(ids.reshape([s_out[j] for j in gj]), ragged=len(gj) - 1)
             for t, j in enumerate(gj):
                 out[j] = Axis(comp, (t,))
-        ctx.set_out(out)
+            owner = owner_of(node)
+            if ctx.eager and owner is not None and _literal_sizes(node).get(gj[-1]):
+                # view(b, s, -1, self.head_dim): every split this module sizes by the same
+                # number must keep the same count per line (q, k and v's head dims)
+                ctx.split_sizes.setdefault((owner, s_out[gj[-1]]), []).append(comp)
+        ctx.set_out([Axis(remap[id(ax.comp)], ax.ldims) if id(ax.comp) in remap else ax
+                     for ax in out])
 
     def rewrite(self, rctx: RewriteContext, node: fx.Node) -> None:
         new = rctx.new_shape(node)
@@ -123,6 +154,18 @@ class Reshape(Rule):
             d = norm_dim(arg(node, 1, "dim"), len(old) - len(arg(node, 2, "sizes")) + 1)
             sizes = arg(node, 2, "sizes")
             set_arg(node, 2, "sizes", tuple(_fix_sizes(sizes, new[d:d + len(sizes)])))
+
+
+def _literal_sizes(node: fx.Node) -> dict[int, bool]:
+    """Output dim -> its size is a literal int of a view/reshape (not -1, not a size node)."""
+    if node.target not in _SHAPE_TARGETS or node.op == "call_module":
+        return {}
+    sizes = node.args[1:]
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = sizes[0]
+    elif not sizes:
+        sizes = node.kwargs.get("shape", ())
+    return {j: isinstance(v, int) and v != -1 for j, v in enumerate(sizes)}
 
 
 def _fix_sizes(sizes, new, old=None, rctx=None) -> list:

@@ -23,6 +23,7 @@ import torch.nn as nn
 from ..analyze.graph import ChannelGraph
 from ..analyze.layout import new_size
 from ..clone import owned_copy
+from ..util import owner_of
 
 log = logging.getLogger(__name__)
 
@@ -166,15 +167,6 @@ if hasattr(nn, "RMSNorm"):
 
 
 # ---- user classes: int attributes that became sizes -------------------------------------
-def owner_of(node: fx.Node) -> str | None:
-    """The innermost module whose forward made ``node`` (export's nn_module_stack)."""
-    stack = node.meta.get("nn_module_stack")
-    if not stack:
-        return None
-    path = list(stack.values())[-1][0]
-    return path.removeprefix("L['self'].").removeprefix("L__self__")
-
-
 def _resized(graph: ChannelGraph, keep: np.ndarray, pruned: fx.GraphModule):
     """(node, {old size: {new sizes}}, literal, same) for every node whose output dims or
     literal int arguments changed; ``literal``: the rewrite changed its arguments (sizes the

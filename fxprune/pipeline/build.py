@@ -21,12 +21,13 @@ log = logging.getLogger(__name__)
 
 def build(traced: Traced, freeze_nodes: frozenset[str] = frozenset(),
           prune_inputs: bool = False, freeze_elements: np.ndarray | None = None,
-          eager: bool = False) -> ChannelGraph:
+          eager: bool = False, table_dims: bool = False) -> ChannelGraph:
     """The channel graph of ``traced``. ``freeze_nodes`` keep all their channels and
     ``freeze_elements`` (element ids of an earlier build: allocation is deterministic) stay
     whole - the rewrite's fallbacks; ``prune_inputs`` leaves the inputs' feature axis
-    prunable; ``eager``: the result re-runs the model's own forward (module output)."""
-    ctx = AnalysisContext(traced, prune_inputs, eager)
+    prunable; ``eager``: the result re-runs the model's own forward (module output);
+    ``table_dims``: RoPE-like tables give up their dims rather than the heads."""
+    ctx = AnalysisContext(traced, prune_inputs, eager, table_dims)
     rules: dict[str, NodeRule] = {}
     for node in traced.gm.graph.nodes:
         ctx.node = node

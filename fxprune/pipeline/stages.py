@@ -42,8 +42,10 @@ def capture(state: State) -> None:
 
 
 def analyze(state: State) -> None:
+    att = state.options.attention
     state.graph = build(state.traced, state.frozen_nodes, state.options.inputs.prune_inputs,
-                        state.frozen_elements, eager=state.output == "module")
+                        state.frozen_elements, eager=state.output == "module",
+                        table_dims=att.prune_head_dims and not att.prune_heads)
 
 
 def score(state: State) -> None:
