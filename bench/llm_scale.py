@@ -77,6 +77,9 @@ def child(tool: str, layers: int, verify: bool) -> dict:
         else:
             pruned = model
         out["params_after"] = sum(p.numel() for p in pruned.parameters())
+        out["pruned_gb"] = sum(t.numel() * t.element_size() for t in {
+            id(t): t for t in list(pruned.parameters()) + list(pruned.buffers())}.values()
+        ) / 2**30 if pruned is not model else 0.0
         with torch.no_grad():
             out["runs"] = bool(torch.isfinite(pruned(input_ids=ids, use_cache=False)
                                               .logits.float()).all())
@@ -112,17 +115,21 @@ def main() -> None:
                          f"{res.stderr.strip().splitlines()[-1:] }"})
         print(rows[-1], flush=True)
     lines = ["| tool | params | params after | seconds | peak RSS GB | RSS / bf16 model | "
-             "runs | note |", "|---|---|---|---|---|---|---|---|"]
+             "above both models GB | runs | note |", "|---|---|---|---|---|---|---|---|---|"]
+    base = rows[0].get("peak_rss_gb", float("nan"))  # the caller's model, built and run
     for r in rows:
         gb, model_gb = r.get("peak_rss_gb", float("nan")), r.get("model_gb", float("nan"))
         note = (r.get("error") or r.get("verify") or "").replace("|", "\\|")
         if r.get("timings"):
             note += f" {r['timings']}"
+        extra = gb - base - r.get("pruned_gb", 0.0)  # beyond the caller's and the pruned model
         lines.append(f"| {r['tool']} | {r.get('params', 0):,} | {r.get('params_after', 0):,} "
                      f"| {r.get('seconds', float('nan')):.1f} | {gb:.2f} | "
-                     f"{gb / model_gb:.2f} | {r.get('runs', '')} | {note} |")
+                     f"{gb / model_gb:.2f} | {extra:.2f} | {r.get('runs', '')} | {note} |")
     lines.append(f"\n{args.layers} layers, bfloat16, ratio 0.3, 64 tokens, verify "
-                 f"{'on' if args.verify else 'off'}; one process per row.")
+                 f"{'on' if args.verify else 'off'}; one process per row. 'above both models': "
+                 "peak RSS minus the build-only row (the caller's model, built and run) minus "
+                 "the pruned model's own tensors.")
     Path(args.out).write_text("\n".join(lines) + "\n")
 
 

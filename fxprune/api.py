@@ -89,6 +89,7 @@ def compress(
     example_kwargs: Mapping[str, Any] | None = None,
     output: str | None = None,
     hf_config: str | None = None,
+    copy_weights: bool | None = None,
 ) -> torch.nn.Module:
     """Return a new, smaller GraphModule; ``model`` is not modified.
 
@@ -126,10 +127,16 @@ def compress(
     keep their hidden size unless ``exact_only=False``; ``hf_config="uniform"`` keeps every
     layer's counts equal and rewrites ``model.config`` so that ``save_pretrained`` /
     ``from_pretrained`` round-trip the pruned model.
+
+    fxprune works on a copy of ``model``; ``copy_weights=False`` copies its modules but reads
+    its tensors (never writing them), which a model too large to hold twice needs; the
+    default (None) does so above 1 GiB of tensors. A later :func:`fxprune.verify` then
+    refuses once the caller has changed those tensors in place.
     """
     options = CompressOptions(
         trace=TraceOptions(frontend, tuple(leaf_modules), concrete_args,
-                           example_kwargs=dict(example_kwargs) if example_kwargs else None),
+                           example_kwargs=dict(example_kwargs) if example_kwargs else None,
+                           copy_weights=copy_weights),
         select=SelectOptions(ratio=ratio, ratios=ratios or {}, ignore=tuple(ignore),
                              min_channels=min_channels, round_to=round_to,
                              global_ranking=global_ranking, exact_only=exact_only,

@@ -50,17 +50,40 @@ def copy_modules(module: torch.nn.Module, memo: dict[int, object],
     return new
 
 
-def owned_copy(module: torch.nn.Module, placeholders: frozenset[str] = frozenset()
-               ) -> torch.nn.Module:
+def owned_copy(module: torch.nn.Module, placeholders: frozenset[str] = frozenset(),
+               share_tensors: bool = False) -> torch.nn.Module:
     """A copy of ``module`` that shares no tensor, module or hook dict with it: what fxprune
     traces, so nothing it does can reach the caller's model. Tensors named in
     ``placeholders`` are not cloned but left empty, for the caller to replace (module
-    output: the pruned tensors; cloning the originals first would double the peak memory)."""
+    output: the pruned tensors; cloning the originals first would double the peak memory).
+    ``share_tensors`` copies the modules only (a model too large to hold twice): fxprune
+    never writes a tensor in place, so the caller's tensors are read, not changed."""
     memo: dict[int, object] = {}
     for name, t in list(module.named_parameters(remove_duplicate=False)) + list(
             module.named_buffers(remove_duplicate=False)):
-        if id(t) not in memo:
-            new = t.detach().new_empty(0) if name in placeholders else t.detach().clone()
-            memo[id(t)] = torch.nn.Parameter(new, requires_grad=t.requires_grad) if isinstance(
-                t, torch.nn.Parameter) else new
+        if id(t) in memo:
+            continue
+        if share_tensors:
+            memo[id(t)] = t
+            continue
+        new = t.detach().new_empty(0) if name in placeholders else t.detach().clone()
+        memo[id(t)] = torch.nn.Parameter(new, requires_grad=t.requires_grad) if isinstance(
+            t, torch.nn.Parameter) else new
     return copy_modules(module, memo, top=False)
+
+
+SHARE_ABOVE = 1 << 30  # bytes of tensors above which ``copy_weights=None`` shares them
+
+
+def tensor_bytes(module: torch.nn.Module) -> int:
+    seen = {id(t): t for t in list(module.parameters()) + list(module.buffers())}
+    return sum(t.numel() * t.element_size() for t in seen.values())
+
+
+def shares_tensors(module: torch.nn.Module, copy_weights: bool | None) -> bool:
+    """``copy_weights=None``: copy the tensors of a model below 1 GiB (isolation, even from
+    the caller's later in-place edits); share a larger one's (memory: a 1 B-parameter model
+    would otherwise be held three times)."""
+    if copy_weights is None:
+        return tensor_bytes(module) > SHARE_ABOVE
+    return not copy_weights

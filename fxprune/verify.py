@@ -231,6 +231,12 @@ def verify(pruned: torch.nn.Module, example_inputs: Any = None, *,
                           "holds the pruned weights only: there is no original to verify "
                           "against (load(..., verify=True) verifies the plan replay)")
     graph, removed = meta.graph, meta.removed_units
+    changed = graph.traced.changed_since_capture()
+    if changed:
+        raise OptionError(f"the original model's tensors were shared with compress "
+                          f"(copy_weights=False, or a model above 1 GiB) and have changed in "
+                          f"place since (e.g. {changed[0]}): there is no original left to "
+                          "verify against; compress with copy_weights=True to keep one")
     inputs = as_inputs(graph.traced.example_inputs if example_inputs is None else example_inputs)
     uncompensated = meta.extra.get("uncompensated")
     if not isinstance(pruned, fx.GraphModule):  # module output: run the module itself

@@ -163,3 +163,48 @@ def test_the_callers_model_is_untouched_through_export(path):
     graph = fxprune.result_of(out).report.models.pruned  # compensated tensors reached the module
     with torch.no_grad():
         assert torch.allclose(graph.eval()(X), out(X), atol=1e-5)
+
+
+SHARED = {
+    "l2": _compress(copy_weights=False),
+    "cfdp + lstsq": _compress(copy_weights=False, importance="cfdp", calibration=DATA,
+                              compensate="lstsq"),
+    "export, module output": _export(copy_weights=False),
+    "export, graph output": _export(copy_weights=False, output="graph"),
+}
+
+
+@pytest.mark.parametrize("path", sorted(SHARED))
+def test_shared_weights_are_read_and_never_written(path):
+    """copy_weights=False (a model too large to hold twice): fxprune reads the caller's own
+    tensors - not one is written (versions unchanged), the result aliases none of them -
+    and a verify after the caller edited them refuses instead of comparing to the edit."""
+    m = _model()
+    before = _snapshot(m)
+    versions = {k: v._version for k, v in m.state_dict().items()}
+    out = SHARED[path](m)
+    assert all(torch.equal(m.state_dict()[k], v) for k, v in before[0].items())
+    assert {k: v._version for k, v in m.state_dict().items()} == versions
+    traced = fxprune.result_of(out).graph.traced
+    ptrs = {t.untyped_storage().data_ptr() for t in m.state_dict().values()}
+    assert {t.untyped_storage().data_ptr() for t in traced.tensors.values()} <= ptrs  # shared
+    mine = list(out.parameters()) + list(out.buffers())
+    assert not any(t.untyped_storage().data_ptr() in ptrs for t in mine)  # not aliased
+    assert fxprune.verify(out).ok
+    with torch.no_grad():
+        y = out.eval()(X).clone()
+        m.b.weight.add_(1.0)
+        assert torch.equal(out(X), y)
+    with pytest.raises(fxprune.OptionError, match="copy_weights=True"):
+        fxprune.verify(out)
+
+
+def test_weights_are_shared_by_default_only_above_the_threshold(monkeypatch):
+    from fxprune import clone
+
+    m = _model()
+    assert not clone.shares_tensors(m, None) and clone.shares_tensors(m, False)
+    monkeypatch.setattr(clone, "SHARE_ABOVE", clone.tensor_bytes(m) - 1)
+    assert clone.shares_tensors(m, None) and not clone.shares_tensors(m, True)
+    out = fxprune.compress(m, X, ratio=0.5)
+    assert fxprune.result_of(out).graph.traced.shared_versions is not None

@@ -140,6 +140,7 @@ def solve(ctx: AnalysisContext, rules: dict[str, NodeRule]) -> ChannelGraph:
     space = ctx.space
     space.settle()
     labels = space.solve()
+    _freeze_unread(ctx, labels)
     n = space.n
     frozen = np.zeros(n, dtype=bool)
     if space.frozen:
@@ -153,6 +154,24 @@ def solve(ctx: AnalysisContext, rules: dict[str, NodeRule]) -> ChannelGraph:
         g.approximate = bool(approx[g.units].any())
     return ChannelGraph(ctx, labels, _reasons(space.frozen, labels), groups, rules, approx,
                         _head_families(ctx, frozen[labels]))
+
+
+def _freeze_unread(ctx: AnalysisContext, labels: np.ndarray) -> None:
+    """Units made of nothing but elements of tensors read as plain values (no layer reads
+    them as channels, no activation holds them): rows of ``position_ids`` past the example's
+    length. Unused for these inputs only - a longer input reads them - so they stay."""
+    attr = [ax.comp.ids.reshape(-1) for info in ctx.params.values()
+            for dim, ax in enumerate(info.axes) if info.roles.get(dim) == "attr"]
+    if not attr:
+        return
+    ids = np.concatenate(attr)
+    n = len(labels)
+    unread = np.bincount(labels[ids], minlength=n) == np.bincount(labels, minlength=n)
+    unread &= np.bincount(labels, minlength=n) > 0
+    hit = ids[unread[labels[ids]]]
+    if hit.size:
+        ctx.space.freeze(hit, "read by no op for these inputs (a longer input may read it)",
+                         "", Category.LAYOUT)
 
 
 def _reasons(frozen: list, labels: np.ndarray) -> list[FrozenReason]:

@@ -36,6 +36,18 @@ class Traced:
     call: tuple[tuple, dict[str, Any]] | None = None  # how that model is called: args, kwargs
     # a calibration item -> (flat graph inputs, target); None: tensors / (inputs..., target)
     split_batch: Callable[[Any], tuple[tuple, Any]] | None = None
+    # tensors read from the caller's model, not copied: their versions when compress ended
+    # (a later in-place edit there invalidates the original a post-hoc verify compares to)
+    shared_versions: dict[str, int] | None = None
+
+    def mark_shared(self) -> None:
+        self.shared_versions = {q: t._version for q, t in self.tensors.items()}
+
+    def changed_since_capture(self) -> list[str]:
+        """Qualified names of shared tensors the caller changed in place since."""
+        if not self.shared_versions:
+            return []
+        return [q for q, v in self.shared_versions.items() if self.tensors[q]._version != v]
 
     @functools.cached_property
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -101,13 +113,15 @@ class TraceOptions:
     ("auto": fx, else export); ``leaf_modules`` (types or qualified names) and
     ``concrete_args`` go to the fx tracer, ``example_kwargs`` (keyword inputs) to export.
     The graph owns a copy of the model's modules and tensors unless ``share`` (the
-    regularisers train the caller's own parameters through it)."""
+    regularisers train the caller's own parameters through it); ``copy_weights=False`` (or
+    None on a model above 1 GiB) copies the modules but reads the caller's tensors."""
 
     frontend: str = "auto"
     leaf_modules: tuple[type | str, ...] = ()
     concrete_args: dict[str, Any] | None = None
     share: bool = False
     example_kwargs: dict[str, Any] | None = None
+    copy_weights: bool | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "leaf_modules", tuple(self.leaf_modules))

@@ -16,7 +16,7 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
-from ..clone import owned_copy
+from ..clone import owned_copy, shares_tensors
 from ..errors import OptionError, TraceError
 from ..util import eval_mode
 from .base import TensorSpec, Traced, TraceOptions
@@ -32,9 +32,11 @@ def capture(model: torch.nn.Module, inputs: tuple, options: TraceOptions) -> Tra
     if options.leaf_modules or options.concrete_args:
         raise TraceError("leaf_modules and concrete_args are options of the fx frontend; "
                          "torch.export runs the model's Python itself")
-    # always a copy, even with ``share``: a forward run by export may assign attributes
-    # (ultralytics caches anchors on the head), and the caller's model is never touched
-    source = owned_copy(model)
+    # always a copy of the modules, even with ``share``: a forward run by export may assign
+    # attributes (ultralytics caches anchors on the head), and the caller's model is never
+    # touched; the tensors are shared only when they are too large to hold twice
+    shared = shares_tensors(model, options.copy_weights)
+    source = owned_copy(model, share_tensors=shared)
     kwargs = dict(options.example_kwargs or {})
     try:
         with torch.no_grad(), eval_mode(source), warnings.catch_warnings(), _lazy():
@@ -56,8 +58,11 @@ def capture(model: torch.nn.Module, inputs: tuple, options: TraceOptions) -> Tra
     values = {n.name: _spec(n.meta.get("val")) for n in gm.graph.nodes if n.op != "output"}
     log.debug("exported %s: %d nodes", type(model).__name__, len(gm.graph.nodes))
     split = functools.partial(keyword_batch, tuple(inputs), kwargs) if kwargs else None
-    return Traced(gm, values, flat, NAME, source=source,
-                  call=(tuple(inputs), kwargs), split_batch=split)
+    traced = Traced(gm, values, flat, NAME, source=source,
+                    call=(tuple(inputs), kwargs), split_batch=split)
+    if shared:
+        traced.mark_shared()
+    return traced
 
 
 def keyword_batch(args: tuple, kwargs: dict[str, Any], item: Any) -> tuple[tuple, Any]:

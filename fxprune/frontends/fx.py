@@ -10,7 +10,7 @@ import traceback
 import torch
 import torch.fx as fx
 
-from ..clone import owned_copy
+from ..clone import owned_copy, shares_tensors
 from ..errors import TraceError
 from ..lower import lower, lower_shaped
 from ..lower.transformer import TRACEABLE, traceable_forward
@@ -66,8 +66,9 @@ def capture(model: torch.nn.Module, inputs: tuple, options: TraceOptions) -> Tra
     leaf_types = tuple(x for x in leaves if isinstance(x, type))
     leaf_names = frozenset(x for x in leaves if isinstance(x, str))
     concrete_args = options.concrete_args
+    shared = not options.share and shares_tensors(model, options.copy_weights)
     if not options.share:  # nothing fxprune runs or keeps may reach the caller's model
-        model = owned_copy(model)
+        model = owned_copy(model, share_tensors=shared)
     tracer = _Tracer(leaf_types, leaf_names)
     try:
         graph = tracer.trace(model, concrete_args=concrete_args)
@@ -91,4 +92,7 @@ def capture(model: torch.nn.Module, inputs: tuple, options: TraceOptions) -> Tra
     if lower_shaped(gm, values):  # wrapped functions, re-emitted with recorded sizes
         values = record(gm, inputs)
     log.debug("traced %s: %d nodes", name, len(gm.graph.nodes))
-    return Traced(gm, values, inputs, NAME)
+    traced = Traced(gm, values, inputs, NAME)
+    if shared:
+        traced.mark_shared()
+    return traced

@@ -131,16 +131,25 @@ def _sliced_params(graph: ChannelGraph, keep: np.ndarray,
 
 
 def _memo(tensors: dict[str, torch.Tensor], sliced: dict[str, torch.Tensor]) -> dict[int, object]:
-    """Each parameter/buffer object mapped to its pruned (or cloned) copy."""
+    """Each parameter/buffer object mapped to its pruned (or cloned) copy: a slice is a new
+    tensor already (cloning it again would hold the pruned model twice at the peak); an
+    unsliced one is cloned, so the result never aliases the original."""
     memo: dict[int, object] = {}
     for qual, t in tensors.items():
         if id(t) in memo:
             continue
         new = sliced.get(qual)
-        new = t.detach().clone() if new is None else new.contiguous().clone()
+        if new is None or _aliases(new, t):
+            new = t.detach().clone()
+        elif not new.is_contiguous():
+            new = new.contiguous()
         memo[id(t)] = torch.nn.Parameter(new, requires_grad=t.requires_grad) if isinstance(
             t, torch.nn.Parameter) else new
     return memo
+
+
+def _aliases(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def _assign(gm: torch.nn.Module, qual: str, tensor: torch.Tensor) -> None:
