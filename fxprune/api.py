@@ -90,6 +90,7 @@ def compress(
     output: str | None = None,
     hf_config: str | None = None,
     copy_weights: bool | None = None,
+    recalibrate: str | None = None,
 ) -> torch.nn.Module:
     """Return a new, smaller GraphModule; ``model`` is not modified.
 
@@ -116,12 +117,14 @@ def compress(
     "post_act_all" or "producer"; see ``calibrate.tap_points``). ``compensate="lstsq"`` or
     ``"merge"`` then refits the layers that read removed channels from the same data
     (``"none"`` turns off a plugin's default); verify still proves the uncompensated rewrite
-    exact and the report gives the deviation. ``threshold`` replaces the ratios: every unit
-    whose importance is below it goes (after training with :mod:`fxprune.regularize`, the
-    units whose L2 norm fell to ~0). ``prune_inputs`` makes the inputs' feature axis (dim 1)
-    prunable like any group: the pruned model takes only the kept features (``plan.inputs``
-    maps each input to the kept indices), or the full input with
-    ``keep_input_signature=True``. Invalid or contradicting options raise before any work.
+    exact and the report gives the deviation. ``recalibrate="bn"`` re-estimates every
+    BatchNorm's running statistics of the pruned model on ``calibration`` (adaptive BN: after
+    compensation, verify restores the old ones to prove the rewrite). ``threshold`` replaces
+    the ratios: every unit whose importance is below it goes (after training with
+    :mod:`fxprune.regularize`, the units whose L2 norm fell to ~0). ``prune_inputs`` makes
+    the inputs' feature axis (dim 1) prunable like any group: the pruned model takes only the
+    kept features (``plan.inputs`` maps each input to the kept indices), or the full input
+    with ``keep_input_signature=True``. Invalid or contradicting options raise before any work.
 
     Hugging Face models (see :mod:`fxprune.hf`) are captured with ``use_cache=False`` and
     keep their hidden size unless ``exact_only=False``; ``hf_config="uniform"`` keeps every
@@ -147,5 +150,5 @@ def compress(
         compensation=CompensationOptions(compensate, ridge),
         inputs=InputOptions(prune_inputs, keep_input_signature),
         importance=importance, verify=verify, steps=steps, callback=callback, output=output,
-        hf_config=hf_config)
+        hf_config=hf_config, recalibrate=recalibrate)
     return run(model, example_inputs, options)

@@ -22,7 +22,7 @@ from .frontends.base import TraceOptions
 from .importance.base import Calibration, Importance, get_importance
 from .plan import Plan
 
-COMPENSATION_METHODS = ("lstsq", "merge", "mean")
+COMPENSATION_METHODS = ("lstsq", "merge", "mean", "sequential")
 Callback = Callable[[fx.GraphModule, int], Any]
 
 __all__ = ["AttentionOptions", "Budget", "Calibration", "CompensationOptions",
@@ -152,6 +152,7 @@ class CompressOptions:
     callback: Callback | None = None
     output: str | None = None  # "graph" | "module"; None: the frontend's default
     hf_config: str | None = None  # "uniform": a config from_pretrained can build (fxprune.hf)
+    recalibrate: str | None = None  # "bn": re-estimate BatchNorm statistics (passes/recalibrate)
 
     def __post_init__(self) -> None:
         sel = self.select
@@ -173,6 +174,11 @@ class CompressOptions:
         method = self.compensation.resolve(plugin)
         if method is not None and data is None:
             raise OptionError(f"compensate={method!r} fits the consumers on activations: pass "
+                              "calibration=<iterable of input batches>")
+        if self.recalibrate not in (None, "bn"):
+            raise OptionError(f"recalibrate must be 'bn' or None, got {self.recalibrate!r}")
+        if self.recalibrate is not None and data is None:
+            raise OptionError("recalibrate='bn' re-estimates BatchNorm statistics on data: pass "
                               "calibration=<iterable of input batches>")
         if self.budget is not None and (sel.threshold is not None or sel.ratios
                                         or sel.plan is not None):

@@ -240,12 +240,22 @@ def verify(pruned: torch.nn.Module, example_inputs: Any = None, *,
     inputs = as_inputs(graph.traced.example_inputs if example_inputs is None else example_inputs)
     uncompensated = meta.extra.get("uncompensated")
     if not isinstance(pruned, fx.GraphModule):  # module output: run the module itself
-        module = clone_as(pruned, dtype)
-        if uncompensated:
-            restore(module, uncompensated)
         call = graph.traced.call if example_inputs is None else (inputs, {})
-        result = check_module(module, graph, removed, meta.report.models.pruned, call, dtype,
-                              tol)
+
+        def run(kind: torch.dtype) -> VerifyResult:
+            module = clone_as(pruned, kind)
+            if uncompensated:
+                restore(module, uncompensated)
+            return check_module(module, graph, removed, meta.report.models.pruned, call, kind,
+                                tol)
+
+        try:
+            result = run(dtype)
+        except RuntimeError as exc:  # float32 literals of an exported graph, as in check()
+            if dtype is not torch.float64:
+                raise
+            log.info("fxprune: verifying in float32: %s", first_line(exc))
+            result = run(torch.float32)
         if raise_on_mismatch and not result.ok:
             raise VerificationError(f"pruned model differs from the masked original: {result}")
         return result

@@ -93,6 +93,9 @@ PATHS = {
                                    loss_fn=F.cross_entropy),
     "compensate=lstsq": _compress(calibration=DATA, compensate="lstsq"),
     "compensate=merge": _compress(calibration=DATA, compensate="merge"),
+    "compensate=sequential": _compress(calibration=DATA, compensate="sequential"),
+    "recalibrate=bn": _compress(calibration=DATA, recalibrate="bn"),
+    "sequential + bn": _compress(calibration=DATA, compensate="sequential", recalibrate="bn"),
     "target_flops": _compress(target_flops=0.6),
     "target_params": _compress(target_params=0.6),
     "steps=2": _compress(ratio=0.5, steps=2, callback=lambda gm, step: None),
@@ -139,6 +142,10 @@ EXPORT_PATHS = {
     "export, graph output": _export(output="graph"),
     "export, cfdp + lstsq": _export(importance="cfdp", calibration=DATA, compensate="lstsq"),
     "export, merge": _export(calibration=DATA, compensate="merge"),
+    "export, sequential + bn": _export(calibration=DATA, compensate="sequential",
+                                       recalibrate="bn"),
+    "export graph, sequential + bn": _export(calibration=DATA, compensate="sequential",
+                                             recalibrate="bn", output="graph"),
     "export, target_flops": _export(target_flops=0.6),
 }
 

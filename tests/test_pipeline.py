@@ -78,7 +78,7 @@ def test_every_stage_is_timed_in_order():
                           calibration=data, compensate="lstsq")
     assert list(gm.meta["fxprune"].report.timings) == [
         "trace", "analyze", "score", "select", "rewrite", "materialize", "verify", "compensate",
-        "report"]
+        "recalibrate", "report"]
 
 
 class Untraceable(nn.Module):

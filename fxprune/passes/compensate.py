@@ -75,6 +75,7 @@ class CompensationReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (node, why)
     deviation_before: float | None = None  # relative output error vs the dense original
     deviation_after: float | None = None
+    accumulator_bytes: int | None = None  # sequential: the largest consumer's moments
 
     def __str__(self) -> str:
         text = f"compensation ({self.method}): {len(self.sites)} consumer(s) corrected"

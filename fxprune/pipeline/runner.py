@@ -40,7 +40,7 @@ def run(model: torch.nn.Module, example_inputs, options: CompressOptions) -> fx.
         return prune_regions(model, state.inputs, options, run, first_line(exc))
     _until_rewritten(state)
     for name, stage in (("verify", stages.verify), ("compensate", stages.compensate),
-                        ("report", stages.report)):
+                        ("recalibrate", stages.recalibrate), ("report", stages.report)):
         _timed(state, name, stage)
     return state.result
 

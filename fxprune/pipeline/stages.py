@@ -1,6 +1,7 @@
 """The stages, in order: capture -> analyze -> score -> select -> rewrite -> materialize ->
-verify -> compensate -> report. Each reads what earlier stages left in the :class:`State`
-and adds its own; the runner calls them, times them and owns the retry policy."""
+verify -> compensate -> recalibrate -> report. Each reads what earlier stages left in the
+:class:`State` and adds its own; the runner calls them, times them and owns the retry
+policy."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from ..passes import module_output
 from ..passes.compensate import compensate as refit_consumers
 from ..passes.inputs import input_map, inputs_for
 from ..passes.prune import PruneChannels
+from ..passes.recalibrate import recalibrate_bn
+from ..passes.sequential import refit as refit_sequentially
 from ..plan import Plan
 from ..report import CompressResult, Models, Report, count_cost, count_params, remember
 from ..select import select as select_units
@@ -205,13 +208,36 @@ def compensate(state: State) -> None:
         return
     original, gm = state.traced.gm, state.pruned
     before = compare(original, gm, state.inputs, pruned_inputs=state.pruned_inputs)
-    report, state.uncompensated = refit_consumers(
-        gm, state.graph, state.removed, opts.calibration.data, method=method,
-        ridge=opts.compensation.ridge, max_batches=opts.calibration.max_batches)
+    if method == "sequential":  # layer after layer on the pruned prefix's own inputs
+        report, state.uncompensated = refit_sequentially(
+            original, gm, state.graph, state.removed, opts.calibration.data,
+            ridge=opts.compensation.ridge, max_batches=opts.calibration.max_batches,
+            new_biases=opts.hf_config is None)
+    else:
+        report, state.uncompensated = refit_consumers(
+            gm, state.graph, state.removed, opts.calibration.data, method=method,
+            ridge=opts.compensation.ridge, max_batches=opts.calibration.max_batches)
     after = compare(original, gm, state.inputs, pruned_inputs=state.pruned_inputs)
     report.deviation_before = before.max_abs_err / before.scale
     report.deviation_after = after.max_abs_err / after.scale
     state.compensation = report
+
+
+def recalibrate(state: State) -> None:
+    """Re-estimate the pruned model's BatchNorm statistics on the calibration batches; the
+    statistics before are kept beside compensation's tensors (verify restores both)."""
+    opts = state.options
+    if opts.recalibrate is None:
+        return
+    original, gm = state.traced.gm, state.pruned
+    before = compare(original, gm, state.inputs, pruned_inputs=state.pruned_inputs)
+    report, old = recalibrate_bn(gm, state.traced, opts.calibration.data,
+                                 opts.calibration.max_batches)
+    after = compare(original, gm, state.inputs, pruned_inputs=state.pruned_inputs)
+    report.deviation_before = before.max_abs_err / before.scale
+    report.deviation_after = after.max_abs_err / after.scale
+    state.uncompensated = {**old, **(state.uncompensated or {})}  # compensation's come later
+    state.recalibration = report
 
 
 def report(state: State) -> None:
@@ -227,7 +253,8 @@ def report(state: State) -> None:
         verify=state.verify,
         timings=state.timings, fallbacks=[str(f) for f in state.fallbacks],
         models=Models(graph.traced.gm, gm, state.inputs, state.pruned_inputs),
-        compensation=state.compensation, budget=state.budget, output=state.output,
+        compensation=state.compensation, recalibration=state.recalibration,
+        budget=state.budget, output=state.output,
         frontend=state.traced.frontend, module_verify=state.module_verify,
         attributes=[str(e) for e in out.edits] if out is not None else [])
     result = CompressResult(plan, rep, graph, np.asarray(state.removed), extra,

@@ -17,6 +17,7 @@ from ..importance.base import Importance
 from ..options import CompressOptions
 from ..passes.compensate import CompensationReport
 from ..passes.module_output import ModuleOutput
+from ..passes.recalibrate import RecalibrationReport
 from ..plan import Plan
 from ..verify import VerifyResult
 
@@ -55,7 +56,8 @@ class State:
     pruned_inputs: tuple = ()
     verify: VerifyResult | None = None  # verify
     compensation: CompensationReport | None = None  # compensate
-    uncompensated: dict[str, Any] | None = None
+    uncompensated: dict[str, Any] | None = None  # tensors before compensate / recalibrate
+    recalibration: RecalibrationReport | None = None  # recalibrate
     output: str = "graph"  # capture: "graph" or "module"
     module_out: ModuleOutput | None = None  # materialize
     module_verify: VerifyResult | None = None

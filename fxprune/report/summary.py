@@ -14,6 +14,7 @@ from ..analyze.graph import ChannelGraph, FrozenReason
 from ..budget import BudgetResult
 from ..options import CompressOptions
 from ..passes.compensate import CompensationReport
+from ..passes.recalibrate import RecalibrationReport
 from ..plan import Plan
 from ..verify import VerifyResult
 from .counting import count_flops
@@ -40,6 +41,7 @@ class Report:
     timings: dict[str, float] = field(default_factory=dict)
     models: Models | None = field(default=None, repr=False)
     compensation: CompensationReport | None = None  # when compress(compensate=...) ran
+    recalibration: RecalibrationReport | None = None  # when compress(recalibrate="bn") ran
     budget: BudgetResult | None = None  # when compress(target_flops/params=...) ran
     fallbacks: list[str] = field(default_factory=list)  # rewrite failures kept whole, retried
     output: str = "graph"  # what compress returned: the pruned graph or the caller's class
@@ -110,6 +112,8 @@ class Report:
             lines.append(f"budget: {self.budget}")
         if self.compensation is not None:
             lines.append(str(self.compensation))
+        if self.recalibration is not None:
+            lines.append(str(self.recalibration))
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
 
