@@ -133,32 +133,53 @@ CHUNK = 1 << 16  # sample positions per float32 product; the sums are float64
 
 
 def _channels_last(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """(samples, channels), in float32 at least (a float64 model keeps float64)."""
+    """(samples, channels), in float32 at least (a float64 model keeps float64); always a
+    new tensor, so it may be edited."""
     dtype = torch.promote_types(x.dtype, torch.float32)
-    return x.movedim(dim, -1).reshape(-1, x.shape[dim]).to(dtype)
+    out = x.movedim(dim, -1).reshape(-1, x.shape[dim]).to(dtype)
+    return out.clone() if out.data_ptr() == x.data_ptr() else out
 
 
-def _moments(x: torch.Tensor, z1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """E[z1 z1^T] and E[x z1^T]: float32 products over chunks of rows, summed in float64
-    (the products are what costs; float64 ones would be several times slower)."""
-    s_zz = torch.zeros(z1.shape[1], z1.shape[1], dtype=torch.float64)
-    s_xz = torch.zeros(x.shape[1], z1.shape[1], dtype=torch.float64)
-    for i in range(0, z1.shape[0], CHUNK):
-        zc, xc = z1[i:i + CHUNK], x[i:i + CHUNK]
-        s_zz += (zc.T @ zc).double()
-        s_xz += (xc.T @ zc).double()
-    return s_zz / z1.shape[0], s_xz / z1.shape[0]
+def _sums(xs: list[torch.Tensor], zs: list[torch.Tensor], dim: int, cols: torch.Tensor | None
+          ) -> tuple[torch.Tensor, ...]:
+    """Streamed over batches (and chunks of rows, float32 products summed in float64):
+    n, sum z, sum d, z^T z, d^T z with d = x minus z at its own positions; ``cols`` None (the
+    depthwise case): d = x, and only the diagonals of the products (channel c with c)."""
+    f64 = torch.float64
+    n, s_z, s_d, zz, dz = 0, 0.0, 0.0, 0.0, 0.0
+    for x, z in zip(xs, zs):
+        zb, db = _channels_last(z, dim), _channels_last(x, dim)
+        if cols is not None:
+            db[:, cols] -= zb
+        for i in range(0, zb.shape[0], CHUNK):
+            zc, dc = zb[i:i + CHUNK], db[i:i + CHUNK]
+            if cols is None:
+                zz = zz + (zc * zc).sum(0, dtype=f64)
+                dz = dz + (dc * zc).sum(0, dtype=f64)
+            else:
+                zz = zz + (zc.T @ zc).to(f64)
+                dz = dz + (dc.T @ zc).to(f64)
+        s_z, s_d, n = s_z + zb.sum(0, dtype=f64), s_d + db.sum(0, dtype=f64), n + zb.shape[0]
+    return n, s_z, s_d, zz, dz
 
 
-def _fit_dense(x: torch.Tensor, z: torch.Tensor, ridge: float, intercept: bool = True
-               ) -> tuple[torch.Tensor, int]:
-    """A_aug (C x K+1) with x ~ A z + c, from the cross-moments (c = 0 without
-    ``intercept``); and the accumulators' bytes."""
-    ones = torch.ones(z.shape[0], 1, dtype=z.dtype) if intercept else z.new_zeros(z.shape[0], 1)
-    z1 = torch.cat([z, ones], 1)
-    s_zz, s_xz = _moments(x, z1)  # (K+1)^2 and C x (K+1)
+def _fit_dense(x: list[torch.Tensor], z: list[torch.Tensor], dim: int, cols: torch.Tensor,
+               ridge: float, intercept: bool = True) -> tuple[torch.Tensor, int]:
+    """A_aug (C x K+1) with x ~ (A + S) z + c, S placing z at its own positions: the ridge
+    shrinks the correction A towards plain pruning (c = 0 without ``intercept``); and the
+    accumulators' bytes."""
+    n, s_z, s_d, zz, dz = _sums(x, z, dim, cols)
+    k = zz.shape[0]
+    s_zz = torch.zeros(k + 1, k + 1, dtype=torch.float64)  # E[z1 z1^T], z1 = (z, 1)
+    s_xz = torch.zeros(dz.shape[0], k + 1, dtype=torch.float64)  # E[d z1^T]
+    s_zz[:k, :k] = zz / n
+    s_xz[:, :k] = dz / n
+    if intercept:
+        s_zz[:k, k] = s_zz[k, :k] = s_z / n
+        s_zz[k, k] = 1.0
+        s_xz[:, k] = s_d / n
     lam = ridge * float(torch.diagonal(s_zz)[:-1].mean().clamp_min(1e-12))
-    reg = lam * torch.eye(s_zz.shape[0], dtype=s_zz.dtype)
+    reg = lam * torch.eye(k + 1, dtype=torch.float64)
     reg[-1, -1] = 0.0 if intercept else 1.0  # the offset is not shrunk (or is pinned at 0)
     a = None
     try:
@@ -226,21 +247,19 @@ def _refit_one(site: Consumer, x: list[torch.Tensor], z: list[torch.Tensor],
     b0 = graph.traced.tensors.get(f"{site.target}.bias")
     b0 = torch.zeros(w0.shape[0], dtype=torch.float64) if b0 is None else b0.detach().double()
     rows = torch.as_tensor(site.out_kept)
-    xs = torch.cat([_channels_last(a, dim) for a in x])  # a new tensor: safe to edit
-    zs = torch.cat([_channels_last(b, dim) for b in z])
-    if site.kind == "depthwise":
-        xs, zs = xs.double(), zs.double()
-        xk = xs[:, torch.as_tensor(site.in_kept)]
-        zc = zs - zs.mean(0)
-        a = (zc * (xk - xk.mean(0))).mean(0) / (zc * zc).mean(0).clamp_min(1e-12)
-        c = (xk.mean(0) - a * zs.mean(0)) if offset else torch.zeros_like(a)
+    if site.kind == "depthwise":  # x_c ~ a_c z_c + c_c for each kept channel
+        kept = torch.as_tensor(site.in_kept)
+        n, s_z, s_x, zz, xz = _sums([v.index_select(dim, kept) for v in x], z, dim, None)
+        mz, mx = s_z / n, s_x / n
+        var = (zz / n - mz * mz).clamp_min(1e-12)
+        a = (xz / n - mx * mz) / var
+        c = (mx - a * mz) if offset else torch.zeros_like(a)
         w = w0[rows] * a.view(-1, *([1] * (w0.dim() - 1)))
         b = b0[rows] + c * w0[rows].flatten(1).sum(1)
-        used = 4 * a.numel() * 8
-    else:  # the ridge shrinks towards plain pruning: fit what z's own channels miss
+        used = (zz.numel() + xz.numel()) * 8
+    else:
         cols = torch.as_tensor(site.in_kept)
-        xs[:, cols] -= zs
-        a_aug, used = _fit_dense(xs, zs, ridge, offset)
+        a_aug, used = _fit_dense(x, z, dim, cols, ridge, offset)
         a, c = a_aug[:, :-1], a_aug[:, -1]
         a[cols, torch.arange(len(cols))] += 1.0
         w = torch.einsum("oc...,ck->ok...", w0, a)[rows]
