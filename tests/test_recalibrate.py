@@ -125,3 +125,33 @@ def test_options_are_checked():
     with pytest.raises(fxprune.OptionError, match="'bn'"):
         fxprune.compress(model, torch.randn(2, 3, 8, 8), recalibrate="all",
                          calibration=_batches(1))
+
+
+class Functional(nn.Module):
+    """F.batch_norm on the module's own buffers, eps as a keyword (fx: get_attr operands)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+        self.weight, self.bias = nn.Parameter(torch.ones(8)), nn.Parameter(torch.zeros(8))
+        self.register_buffer("mean", torch.full((8,), 4.0))
+        self.register_buffer("var", torch.full((8,), 25.0))
+
+    def forward(self, x):
+        y = F.batch_norm(self.a(x), self.mean, self.var, self.weight, self.bias, False, 0.1,
+                         eps=1e-3)
+        return self.b(F.relu(y))
+
+
+def test_functional_batch_norm_with_keyword_arguments():
+    model = Functional().eval()
+    data = _batches(1, 32)
+    pruned = fxprune.compress(model, data[0][:2], ratio=0.5, calibration=data,
+                              recalibrate="bn")
+    assert len(fxprune.result_of(pruned).report.recalibration.layers) == 1
+    with torch.no_grad():
+        x = pruned.a(data[0])
+    mean, var = _population(x)
+    assert torch.allclose(pruned.mean.double(), mean, atol=1e-5)
+    assert torch.allclose(pruned.var.double(), var, atol=1e-5)
+    assert fxprune.verify(pruned).ok

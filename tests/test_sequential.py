@@ -129,3 +129,30 @@ def test_llama_decoder_layers_are_refitted(hf_config, tmp_path):
         ids = calib[0]["input_ids"]
         with torch.no_grad():
             assert torch.allclose(back(ids).logits, pruned(ids).logits, atol=1e-6)
+
+
+def test_a_layer_whose_refit_fails_keeps_its_plain_pruning(monkeypatch):
+    """A failure inside one layer's refit is contained to that layer: it is skipped (and
+    reported), the others are refitted, and the model is still the verified rewrite there."""
+    from fxprune.passes import sequential
+
+    real = sequential._fit_dense
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("planted failure")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sequential, "_fit_dense", flaky)
+    torch.manual_seed(0)
+    m = ConvNet().eval()
+    data = [_smooth_images(16, i) for i in range(2)]
+    p = fxprune.compress(m, data[0][:2], ratio=0.5, calibration=data, compensate="sequential")
+    comp = fxprune.result_of(p).report.compensation
+    assert comp.skipped == [("b", "RuntimeError: planted failure")]
+    assert "b" not in comp.sites and comp.sites
+    plain = fxprune.compress(m, data[0][:2], ratio=0.5)
+    assert torch.equal(p.b.weight, plain.b.weight)  # left as the plain rewrite made it
+    assert fxprune.verify(p).ok

@@ -26,13 +26,31 @@ from ..util import eval_mode
 
 log = logging.getLogger(__name__)
 _aten = torch.ops.aten
-# call_function target -> (input, weight, bias, running_mean, running_var, eps) positions and
-# whether the op returns (out, save_mean, save_invstd)
+# call_function target -> its argument names in order (the ones read here are input,
+# weight, bias, running_mean, running_var, training, eps) and whether it returns
+# (out, save_mean, save_invstd)
 _CALLS = {
-    _aten._native_batch_norm_legit_no_training.default: ((0, 1, 2, 3, 4, 6), True),
-    _aten.batch_norm.default: ((0, 1, 2, 3, 4, 7), False),
-    F.batch_norm: ((0, 3, 4, 1, 2, 7), False),
+    _aten._native_batch_norm_legit_no_training.default: (
+        ("input", "weight", "bias", "running_mean", "running_var", "momentum", "eps"), True),
+    _aten.batch_norm.default: (("input", "weight", "bias", "running_mean", "running_var",
+                                "training", "momentum", "eps"), False),
+    F.batch_norm: (("input", "running_mean", "running_var", "weight", "bias", "training",
+                    "momentum", "eps"), False),
 }
+_DEFAULTS = {"weight": None, "bias": None, "training": False, "eps": 1e-5}
+
+
+def _named(node: fx.Node, values: tuple, kwargs: dict, names: tuple) -> dict:
+    """Arguments by name: positional, keyword or default (raw nodes under ``node``)."""
+    out = {}
+    for k, name in enumerate(names):
+        if k < len(values):
+            out[name] = (values[k], node.args[k])
+        elif name in kwargs:
+            out[name] = (kwargs[name], node.kwargs.get(name))
+        else:
+            out[name] = (_DEFAULTS.get(name), None)
+    return out
 
 
 class BNSums:
@@ -96,13 +114,16 @@ class _Measure(fx.Interpreter):
                 self.buffers[n.name] = (f"{n.target}.running_mean", f"{n.target}.running_var")
                 return self._normalise(n.name, x, mod.weight, mod.bias, mod.eps)
         elif n.op == "call_function" and n.target in _CALLS:
-            (i, w, b, rm, rv, e), as_tuple = _CALLS[n.target]
+            names, as_tuple = _CALLS[n.target]
             args, kwargs = self.fetch_args_kwargs_from_env(n)
-            args = list(args) + [kwargs.get(k) for k in ("eps",) if k in kwargs]
-            stats = (n.args[rm], n.args[rv]) if len(n.args) > max(rm, rv) else ()
-            if all(isinstance(a, fx.Node) and a.op == "get_attr" for a in stats) and stats:
+            a = _named(n, args, kwargs, names)
+            stats = (a["running_mean"][1], a["running_var"][1])
+            # statistics read from buffers, in eval (a training-mode call never reads them)
+            if all(isinstance(s, fx.Node) and s.op == "get_attr" for s in stats) and not \
+                    a.get("training", (False,))[0]:
                 self.buffers[n.name] = (stats[0].target, stats[1].target)
-                out = self._normalise(n.name, args[i], args[w], args[b], float(args[e]))
+                out = self._normalise(n.name, a["input"][0], a["weight"][0], a["bias"][0],
+                                      float(a["eps"][0]))
                 return (out, out.new_empty(0), out.new_empty(0)) if as_tuple else out
         return super().run_node(n)
 

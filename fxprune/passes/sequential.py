@@ -25,6 +25,7 @@ import torch.fx as fx
 from ..analyze.graph import ChannelGraph
 from ..analyze.layout import kept_positions
 from ..calibrate import batches
+from ..errors import first_line
 from ..util import eval_mode
 from .compensate import CompensationReport
 from .inputs import inputs_for
@@ -116,6 +117,19 @@ class _Stepper(fx.Interpreter):
 
     def value(self, name: str) -> torch.Tensor:
         return next(v for n, v in self.env.items() if n.name == name)
+
+
+def _undo(pruned: fx.GraphModule, site: Consumer, before: dict) -> None:
+    """Put back what a failed refit of ``site`` had already written."""
+    mod = pruned.get_submodule(site.target)
+    for local in ("weight", "bias"):
+        qual = f"{site.target}.{local}"
+        if qual in before:
+            old = before.pop(qual)
+            if old is None:
+                mod.bias = None
+            else:
+                getattr(mod, local).data.copy_(old)
 
 
 def _bias_argument(pruned: fx.GraphModule, site: Consumer) -> None:
@@ -219,8 +233,12 @@ def refit(original: fx.GraphModule, pruned: fx.GraphModule, graph: ChannelGraph,
                     o.until(site.input)
                 x = [o.value(site.input) for o in orig]
                 z = [n.value(site.input) for n in new]
-                peak = max(peak, _refit_one(site, x, z, pruned, graph, ridge, before, report,
-                                            add_bias, new_biases))
+                try:
+                    peak = max(peak, _refit_one(site, x, z, pruned, graph, ridge, before,
+                                                report, add_bias, new_biases))
+                except Exception as exc:  # noqa: BLE001 - this layer keeps its plain pruning
+                    _undo(pruned, site, before)
+                    report.skipped.append((site.node, first_line(exc)))
                 if site.call_function and site in add_bias:  # not an argument of it yet
                     extra = pruned.get_submodule(site.target).bias
                     extra = extra if site.linear else extra.view(-1, *[1] * (x[0].dim() - 2))
