@@ -133,7 +133,8 @@ def write(rows: list[dict], claim: list[dict]) -> None:
                          f"{100 * (dense - best['acc']):.1f} |")
     lines += ["", "## QSFM's claim on a ResNet-56-shaped model (MNIST-5k, 32 x 32)", "",
               "| config | FLOPs kept | accuracy |", "|---|---|---|"]
-    lines += [f"| {r['importance']} + {r['recovery']} | {r['flops']:.3f} | {r['acc']:.4f} |"
+    lines += [f"| {' + '.join(filter(None, (r['importance'], r['recovery'])))} | "
+              f"{r['flops']:.3f} | {r['acc']:.4f} |"
               for r in claim]
     lines += ["", "## All runs", "", "| model | importance | recovery | FLOPs removed | "
               "FLOPs kept | accuracy | seconds |", "|---|---|---|---|---|---|---|"]

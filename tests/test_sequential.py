@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fxprune
+from fxprune.passes import reconstruct, sequential
 
 
 class Chain(nn.Module):
@@ -37,7 +38,12 @@ def _planted_chain():
     return m
 
 
-def test_planted_linear_chain_is_recovered():
+@pytest.mark.parametrize("fit", ["output", "channel map"])
+def test_planted_linear_chain_is_recovered(fit, monkeypatch):
+    """A linear's fit on its output is its channel map's (computed against its O' kept
+    outputs when they are fewer than its C inputs): both recover the chain."""
+    if fit == "channel map":
+        monkeypatch.setattr(sequential, "output_fit_fits", lambda *a: False)
     m = _planted_chain().double()  # a float64 model: moments in float64, an exact target
     before = copy.deepcopy(m.state_dict())
     data = [torch.randn(64, 6, generator=torch.Generator().manual_seed(i), dtype=torch.float64)
@@ -51,10 +57,14 @@ def test_planted_linear_chain_is_recovered():
     assert (out - ref).abs().max() <= 1e-6 * ref.abs().max()
     report = fxprune.result_of(pruned).report
     assert report.compensation.sites == ["b", "c"]  # a reads the untouched input
+    assert report.compensation.output_fits == (["b", "c"] if fit == "output" else [])
     assert report.compensation.deviation_after < 1e-6 < report.compensation.deviation_before
-    # moments of one consumer at a time: C (K + 1) + (K + 1)^2 float64 for the widest
-    assert report.compensation.accumulator_bytes == max(
-        (16 * (8 + 1) + (8 + 1) ** 2) * 8, (12 * (6 + 1) + (6 + 1) ** 2) * 8)
+    # moments of one consumer at a time, the largest: b (16 -> 8 inputs, 12 -> 6 outputs)
+    # or c (12 -> 6 inputs, 3 outputs): O' (K + 1) + (K + 1)^2 on the output side,
+    # C (K + 1) + (K + 1)^2 for the channel map
+    wide = (6, 3) if fit == "output" else (16, 12)
+    assert report.compensation.accumulator_bytes == 8 * max(
+        wide[0] * (8 + 1) + (8 + 1) ** 2, wide[1] * (6 + 1) + (6 + 1) ** 2)
     assert fxprune.verify(pruned).ok  # the uncompensated rewrite, restored, is exact
 
 
@@ -94,6 +104,9 @@ def test_beats_per_consumer_lstsq_on_a_conv_net(frontend):
         assert fxprune.verify(p).ok
         with torch.no_grad():
             errors[method] = float((p(test) - m(test)).norm() / m(test).norm())
+        if method == "sequential":  # b (3 x 3: patches), c and fc (fewer outputs than
+            # inputs) on their output, from aten.conv2d / aten.linear calls too; dw its affine
+            assert len(fxprune.result_of(p).report.compensation.output_fits) == 3
     none = fxprune.compress(m, data[0][:2], ratio=0.5, frontend=frontend)
     with torch.no_grad():
         errors["none"] = float((none(test) - m(test)).norm() / m(test).norm())
@@ -134,9 +147,7 @@ def test_llama_decoder_layers_are_refitted(hf_config, tmp_path):
 def test_a_layer_whose_refit_fails_keeps_its_plain_pruning(monkeypatch):
     """A failure inside one layer's refit is contained to that layer: it is skipped (and
     reported), the others are refitted, and the model is still the verified rewrite there."""
-    from fxprune.passes import sequential
-
-    real = sequential._fit_dense
+    real = reconstruct.Moments.solve
     calls = []
 
     def flaky(*args, **kwargs):
@@ -145,7 +156,7 @@ def test_a_layer_whose_refit_fails_keeps_its_plain_pruning(monkeypatch):
             raise RuntimeError("planted failure")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sequential, "_fit_dense", flaky)
+    monkeypatch.setattr(reconstruct.Moments, "solve", flaky)
     torch.manual_seed(0)
     m = ConvNet().eval()
     data = [_smooth_images(16, i) for i in range(2)]
@@ -156,3 +167,68 @@ def test_a_layer_whose_refit_fails_keeps_its_plain_pruning(monkeypatch):
     plain = fxprune.compress(m, data[0][:2], ratio=0.5)
     assert torch.equal(p.b.weight, plain.b.weight)  # left as the plain rewrite made it
     assert fxprune.verify(p).ok
+
+
+class Shifted(nn.Module):
+    """a's channels 1 and 3 are channels 0 and 2 one row down, halved: only a fit that sees
+    b's whole window (the output fit) can replace them; a per-pixel channel map cannot.
+    (Exactly so on images whose first row is zero, as padding is above it.)"""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 4, 3, padding=1, bias=False)
+        self.b = nn.Conv2d(4, 2, 3, stride=2, padding=1, bias=False)
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            w = torch.zeros(4, 1, 3, 3)
+            w[0, 0, 1, 1] = 1.0
+            w[1, 0, 2, 1] = 0.5  # a1(i, j) = a0(i + 1, j) / 2
+            r = torch.randn(3, generator=g)
+            w[2, 0, 1] = r  # one row, so a2 is zero one row past the border, as padding is
+            w[3, 0, 2] = 0.5 * r  # a3(i, j) = a2(i + 1, j) / 2
+            self.a.weight.copy_(w)
+            v = torch.randn(2, 4, 3, 3, generator=g)
+            v[:, [1, 3], 2] = 0.0  # b's taps on a1 / a3 are taps of a0 / a2 one row lower
+            v[:, [1, 3]] *= 0.3
+            self.b.weight.copy_(v)
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+@pytest.mark.parametrize("subsampled", [True, False])
+def test_output_fit_sees_the_window(subsampled, monkeypatch):
+    if not subsampled:  # every output position (F.unfold) instead of gathered taps
+        monkeypatch.setattr(reconstruct, "ROWS_PER_FEATURE", 10 ** 6)
+    m = Shifted().double().eval()
+    g = torch.Generator().manual_seed(1)
+    data = [torch.randn(8, 1, 10, 10, generator=g, dtype=torch.float64) for _ in range(5)]
+    for x in data:
+        x[:, :, 0] = 0.0
+    test = data.pop()
+    errors = {}
+    for fit, limit in (("output", reconstruct.OUTPUT_FEATURES), ("channel map", 0)):
+        monkeypatch.setattr(reconstruct, "OUTPUT_FEATURES", limit)
+        p = fxprune.compress(m, data[0][:2], ratio=0.5, calibration=data,
+                             compensate="sequential", ridge=0.0)
+        assert torch.equal(p.a.weight, m.a.weight[[0, 2]])  # the shifted copies went
+        with torch.no_grad():
+            errors[fit] = float((p(test) - m(test)).norm() / m(test).norm())
+        comp = fxprune.result_of(p).report.compensation
+        assert comp.output_fits == (["b"] if fit == "output" else [])
+        # b's output fit: (F + 1)^2 + O' (F + 1) for F = 2 kept channels x 9 taps, O' = 2;
+        # its channel map: C (K + 1) + (K + 1)^2 for C = 4 inputs, K = 2 kept
+        assert comp.accumulator_bytes == 8 * (
+            (18 + 1) ** 2 + 2 * (18 + 1) if fit == "output" else 4 * (2 + 1) + (2 + 1) ** 2)
+    assert errors["output"] < 1e-9 and errors["channel map"] > 0.05, errors
+
+
+def test_gathered_taps_are_the_unfolded_patches():
+    """The subsampled path gathers exactly F.unfold's columns (stride, padding, dilation)."""
+    window = reconstruct.Window((3, 2), (2, 1), (2, 1), (2, 3))
+    z = torch.randn(3, 4, 11, 9)
+    full = F.unfold(z, window.kernel, window.dilation, window.padding, window.stride)
+    assert reconstruct.output_rows(z, window) == 3 * full.shape[2]
+    pick = torch.randperm(full.shape[2])[:7]
+    as_columns = full[:, :, pick].transpose(0, 1).reshape(full.shape[1], -1)
+    assert torch.equal(reconstruct._patches(z, window, pick), as_columns)

@@ -76,9 +76,12 @@ class CompensationReport:
     deviation_before: float | None = None  # relative output error vs the dense original
     deviation_after: float | None = None
     accumulator_bytes: int | None = None  # sequential: the largest consumer's moments
+    output_fits: list[str] = field(default_factory=list)  # sequential: fitted on their output
 
     def __str__(self) -> str:
         text = f"compensation ({self.method}): {len(self.sites)} consumer(s) corrected"
+        if self.output_fits:
+            text += f" ({len(self.output_fits)} on their output)"
         if self.deviation_before is not None:
             text += (f"; output deviation from the unpruned model {self.deviation_before:.3g}"
                      f" -> {self.deviation_after:.3g}")

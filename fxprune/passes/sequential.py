@@ -3,32 +3,35 @@ of the pruned graph is refitted, in graph order, so that its output on the *prun
 actual inputs matches the original layer's output on the original's inputs - each layer also
 corrects the error of the layers before it (He et al. 2017, ThiNet; FLAP / SliceGPT for LLMs).
 
-Both graphs run node by node in lockstep on all calibration samples at once (one layer's
-activations of each graph are live, freed after their last use). At a consumer with original
-input x (C channels) and pruned input z (the K kept ones), the channel map x ~ A z + c is the
-ridge least-squares solution from the cross-moments E[x z^T] and E[z z^T] (accumulators of
-C x (K + 1) and (K + 1)^2 float64 values, one consumer at a time), and the layer becomes
-W A (summed over the kernel for a conv) with bias b + W c: exact wherever the channels are
-related linearly at every pixel (zero padding makes the bias term approximate at borders).
-A depthwise conv gets a per-channel affine refit of its kept channels.
+Both graphs run node by node in lockstep, one interpreter per calibration batch (one layer's
+activations of each graph are live, freed after their last use). Each consumer is fitted from
+streamed moments, one consumer at a time (``reconstruct``): a channel map of its input
+(C x (K + 1) and (K + 1)^2 float64 accumulators; against its O' outputs instead where they are
+fewer, the same fit for a linear or 1 x 1 conv), or a k x k conv on its output from its
+input's patches where K k^2 features are affordable. Inputs nothing upstream changed are
+skipped.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
+from torch.nn.modules.utils import _pair
 
 from ..analyze.graph import ChannelGraph
 from ..analyze.layout import kept_positions
 from ..calibrate import batches
 from ..errors import first_line
+from ..ops.base import arg
 from ..util import eval_mode
 from .compensate import CompensationReport
 from .inputs import inputs_for
+from .reconstruct import Window, affine_map, channel_map, output_fit, output_fit_fits, output_rows
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,24 @@ class Consumer:
     out_kept: np.ndarray  # original output rows the pruned layer holds, in its order
     call_function: bool  # an ATen/functional call (bias is an argument, not an attribute)
     linear: bool = False  # reads its channels on the last dim (else dim 1, a conv)
+    window: Window | None = None  # a zero-padded 2-d conv's (its output fit reads patches)
+
+
+def _window(node: fx.Node, mod: torch.nn.Module | None, weight_shape) -> Window | None:
+    if len(weight_shape) != 4:
+        return None
+    if node.op == "call_module":
+        if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
+            return None
+        geometry = mod.stride, mod.padding, mod.dilation
+    elif node.target in (F.conv2d, torch.ops.aten.conv2d.default):
+        geometry = tuple(arg(node, i, name, 1 if name != "padding" else 0)
+                         for i, name in ((3, "stride"), (4, "padding"), (5, "dilation")))
+        if isinstance(geometry[1], str):
+            return None
+    else:
+        return None
+    return Window(tuple(weight_shape[2:]), *(_pair(v) for v in geometry))
 
 
 def consumers(graph: ChannelGraph, keep: np.ndarray) -> dict[str, Consumer]:
@@ -82,8 +103,10 @@ def consumers(graph: ChannelGraph, keep: np.ndarray) -> dict[str, Consumer]:
         if kind == "depthwise":
             in_kept = out_kept
         linear = rule.name == "linear" or isinstance(modules.get(node.target), torch.nn.Linear)
+        window = None if linear or kind != "dense" else _window(node, modules.get(node.target),
+                                                                 info.shape)
         out[node.name] = Consumer(node.name, weight.rpartition(".")[0], node.args[0].name, kind,
-                                  in_kept, out_kept, node.op == "call_function", linear)
+                                  in_kept, out_kept, node.op == "call_function", linear, window)
     return out
 
 
@@ -143,68 +166,6 @@ def _bias_argument(pruned: fx.GraphModule, site: Consumer) -> None:
     pruned.recompile()
 
 
-CHUNK = 1 << 16  # sample positions per float32 product; the sums are float64
-
-
-def _channels_last(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """(samples, channels), in float32 at least (a float64 model keeps float64); always a
-    new tensor, so it may be edited."""
-    dtype = torch.promote_types(x.dtype, torch.float32)
-    out = x.movedim(dim, -1).reshape(-1, x.shape[dim]).to(dtype)
-    return out.clone() if out.data_ptr() == x.data_ptr() else out
-
-
-def _sums(xs: list[torch.Tensor], zs: list[torch.Tensor], dim: int, cols: torch.Tensor | None
-          ) -> tuple[torch.Tensor, ...]:
-    """Streamed over batches (and chunks of rows, float32 products summed in float64):
-    n, sum z, sum d, z^T z, d^T z with d = x minus z at its own positions; ``cols`` None (the
-    depthwise case): d = x, and only the diagonals of the products (channel c with c)."""
-    f64 = torch.float64
-    n, s_z, s_d, zz, dz = 0, 0.0, 0.0, 0.0, 0.0
-    for x, z in zip(xs, zs):
-        zb, db = _channels_last(z, dim), _channels_last(x, dim)
-        if cols is not None:
-            db[:, cols] -= zb
-        for i in range(0, zb.shape[0], CHUNK):
-            zc, dc = zb[i:i + CHUNK], db[i:i + CHUNK]
-            if cols is None:
-                zz = zz + (zc * zc).sum(0, dtype=f64)
-                dz = dz + (dc * zc).sum(0, dtype=f64)
-            else:
-                zz = zz + (zc.T @ zc).to(f64)
-                dz = dz + (dc.T @ zc).to(f64)
-        s_z, s_d, n = s_z + zb.sum(0, dtype=f64), s_d + db.sum(0, dtype=f64), n + zb.shape[0]
-    return n, s_z, s_d, zz, dz
-
-
-def _fit_dense(x: list[torch.Tensor], z: list[torch.Tensor], dim: int, cols: torch.Tensor,
-               ridge: float, intercept: bool = True) -> tuple[torch.Tensor, int]:
-    """A_aug (C x K+1) with x ~ (A + S) z + c, S placing z at its own positions: the ridge
-    shrinks the correction A towards plain pruning (c = 0 without ``intercept``); and the
-    accumulators' bytes."""
-    n, s_z, s_d, zz, dz = _sums(x, z, dim, cols)
-    k = zz.shape[0]
-    s_zz = torch.zeros(k + 1, k + 1, dtype=torch.float64)  # E[z1 z1^T], z1 = (z, 1)
-    s_xz = torch.zeros(dz.shape[0], k + 1, dtype=torch.float64)  # E[d z1^T]
-    s_zz[:k, :k] = zz / n
-    s_xz[:, :k] = dz / n
-    if intercept:
-        s_zz[:k, k] = s_zz[k, :k] = s_z / n
-        s_zz[k, k] = 1.0
-        s_xz[:, k] = s_d / n
-    lam = ridge * float(torch.diagonal(s_zz)[:-1].mean().clamp_min(1e-12))
-    reg = lam * torch.eye(k + 1, dtype=torch.float64)
-    reg[-1, -1] = 0.0 if intercept else 1.0  # the offset is not shrunk (or is pinned at 0)
-    a = None
-    try:
-        a = torch.linalg.solve(s_zz + reg, s_xz.T).T
-    except RuntimeError:  # singular without a ridge (kept channels that are collinear)
-        pass
-    if a is None or not torch.isfinite(a).all():
-        a = s_xz @ torch.linalg.pinv(s_zz + reg, hermitian=True)
-    return a, (s_zz.numel() + s_xz.numel()) * 8
-
-
 def refit(original: fx.GraphModule, pruned: fx.GraphModule, graph: ChannelGraph,
           removed_units: np.ndarray, data, *, ridge: float = 1e-3,
           max_batches: int | None = None, new_biases: bool = True
@@ -213,84 +174,113 @@ def refit(original: fx.GraphModule, pruned: fx.GraphModule, graph: ChannelGraph,
     they were (verify restores them to prove the structural rewrite). Without
     ``new_biases`` a layer that has no bias is refitted without an offset (a config that
     must describe the model, ``hf_config``, may have no bias to switch on for it)."""
-    report = CompensationReport("sequential")
-    keep = graph.keep_mask(removed_units)
-    sites = consumers(graph, keep)
+    fit = _Refitter(pruned, graph, ridge, new_biases)
+    sites = consumers(graph, graph.keep_mask(removed_units))
     items = [inp for inp, _ in batches(data, len(graph.traced.example_inputs), max_batches,
                                        graph.traced.split_batch)]
     # one interpreter per batch and graph, all advanced together (an exported graph has its
     # batch size baked in, so batches are not concatenated)
     orig = [_Stepper(original, b) for b in items]
     new = [_Stepper(pruned, inputs_for(pruned, graph, removed_units, b)) for b in items]
-    before: dict[str, torch.Tensor | None] = {}
-    add_bias: list[Consumer] = []
-    peak = 0
     with torch.no_grad(), eval_mode(original), eval_mode(pruned):
         for node in list(pruned.graph.nodes):
             site, extra = sites.get(node.name), None
             if site is not None:
                 for o in orig:
                     o.until(site.input)
-                x = [o.value(site.input) for o in orig]
                 z = [n.value(site.input) for n in new]
                 try:
-                    peak = max(peak, _refit_one(site, x, z, pruned, graph, ridge, before,
-                                                report, add_bias, new_biases))
+                    fit.one(site, orig, z)
                 except Exception as exc:  # noqa: BLE001 - this layer keeps its plain pruning
-                    _undo(pruned, site, before)
-                    report.skipped.append((site.node, first_line(exc)))
-                if site.call_function and site in add_bias:  # not an argument of it yet
+                    _undo(pruned, site, fit.before)
+                    fit.report.skipped.append((site.node, first_line(exc)))
+                if site.call_function and site in fit.add_bias:  # not an argument of it yet
                     extra = pruned.get_submodule(site.target).bias
-                    extra = extra if site.linear else extra.view(-1, *[1] * (x[0].dim() - 2))
+                    extra = extra if site.linear else extra.view(-1, *[1] * (z[0].dim() - 2))
             for n in new:
                 n.execute(node, extra)
-    for site in add_bias:  # a call that had no bias reads the new one
+    for site in fit.add_bias:  # a call that had no bias reads the new one
         _bias_argument(pruned, site)
-    report.accumulator_bytes = peak
-    log.info("%s", report)
-    return report, before
+    log.info("%s", fit.report)
+    return fit.report, fit.before
 
 
-def _refit_one(site: Consumer, x: list[torch.Tensor], z: list[torch.Tensor],
-               pruned: fx.GraphModule, graph: ChannelGraph, ridge: float, before: dict,
-               report: CompensationReport, add_bias: list, new_biases: bool = True) -> int:
-    """Refit one layer from its inputs on every batch: ``x`` the original's, ``z`` the
-    pruned network's."""
-    dim = x[0].dim() - 1 if site.linear else 1  # where the layer reads its input channels
-    if all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(x, z)):
-        return 0  # nothing upstream changed this input
-    mod = pruned.get_submodule(site.target)
-    offset = new_biases or getattr(mod, "bias", None) is not None
-    w0 = graph.traced.tensors[f"{site.target}.weight"].detach().double()
-    b0 = graph.traced.tensors.get(f"{site.target}.bias")
-    b0 = torch.zeros(w0.shape[0], dtype=torch.float64) if b0 is None else b0.detach().double()
-    rows = torch.as_tensor(site.out_kept)
-    if site.kind == "depthwise":  # x_c ~ a_c z_c + c_c for each kept channel
-        kept = torch.as_tensor(site.in_kept)
-        n, s_z, s_x, zz, xz = _sums([v.index_select(dim, kept) for v in x], z, dim, None)
-        mz, mx = s_z / n, s_x / n
-        var = (zz / n - mz * mz).clamp_min(1e-12)
-        a = (xz / n - mx * mz) / var
-        c = (mx - a * mz) if offset else torch.zeros_like(a)
-        w = w0[rows] * a.view(-1, *([1] * (w0.dim() - 1)))
-        b = b0[rows] + c * w0[rows].flatten(1).sum(1)
-        used = (zz.numel() + xz.numel()) * 8
-    else:
-        cols = torch.as_tensor(site.in_kept)
-        a_aug, used = _fit_dense(x, z, dim, cols, ridge, offset)
-        a, c = a_aug[:, :-1], a_aug[:, -1]
-        a[cols, torch.arange(len(cols))] += 1.0
-        w = torch.einsum("oc...,ck->ok...", w0, a)[rows]
-        b = b0[rows] + torch.einsum("oc...,c->o", w0, c)[rows]
-    before[f"{site.target}.weight"] = mod.weight.detach().clone()
-    mod.weight.data.copy_(w.to(mod.weight.dtype))
-    if offset and getattr(mod, "bias", None) is None:
-        before[f"{site.target}.bias"] = None
-        mod.bias = torch.nn.Parameter(b.to(mod.weight.dtype))
-        if site.call_function:
-            add_bias.append(site)
-    elif offset:
-        before[f"{site.target}.bias"] = mod.bias.detach().clone()
-        mod.bias.data.copy_(b.to(mod.bias.dtype))
-    report.sites.append(site.node)
-    return used
+@dataclass
+class _Refitter:
+    """Refits one layer at a time; keeps what verify restores (``before``), the calls that
+    need a bias argument and the last channel map (consumers of one input share it)."""
+
+    pruned: fx.GraphModule
+    graph: ChannelGraph
+    ridge: float
+    new_biases: bool
+    report: CompensationReport = field(
+        default_factory=lambda: CompensationReport("sequential", accumulator_bytes=0))
+    before: dict = field(default_factory=dict)
+    add_bias: list = field(default_factory=list)
+    last_map: tuple = (None, None, 0)
+
+    def one(self, site: Consumer, orig: list[_Stepper], z: list[torch.Tensor]) -> None:
+        """Refit ``site`` from every batch: ``orig`` the original's interpreters (at the
+        layer's input), ``z`` the pruned network's inputs of the layer."""
+        dim = z[0].dim() - 1 if site.linear else 1  # where the layer reads its channels
+        x = [o.value(site.input) for o in orig]
+        if all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(x, z)):
+            return  # nothing upstream changed this input
+        mod = self.pruned.get_submodule(site.target)
+        offset = self.new_biases or getattr(mod, "bias", None) is not None
+        tensors = self.graph.traced.tensors
+        w0 = tensors[f"{site.target}.weight"].detach().double()
+        b0 = tensors.get(f"{site.target}.bias")
+        b0 = torch.zeros(w0.shape[0], dtype=torch.float64) if b0 is None else b0.detach().double()
+        rows = torch.as_tensor(site.out_kept)
+        if self._on_output(site, z, dim, w0.shape[1]):
+            del x  # the layer's own output is the target
+            for o in orig:
+                o.until(site.node)
+            y = [o.value(site.node) for o in orig]
+            w, b, used = output_fit(y, z, dim, rows, site.window, mod.weight.detach().double(),
+                                    self.ridge, offset)
+            self.report.output_fits.append(site.node)
+        elif site.kind == "depthwise":  # x_c ~ a_c z_c + c_c for each kept channel
+            kept = torch.as_tensor(site.in_kept)
+            a, c, used = affine_map([v.index_select(dim, kept) for v in x], z, dim, offset)
+            w = w0[rows] * a.view(-1, *([1] * (w0.dim() - 1)))
+            b = b0[rows] + c * w0[rows].flatten(1).sum(1)
+        else:
+            cols = torch.as_tensor(site.in_kept)
+            key = (site.input, offset, site.in_kept.tobytes())
+            if self.last_map[0] != key:
+                self.last_map = (key, *channel_map(x, z, dim, cols, self.ridge, offset))
+            a_aug, used = self.last_map[1].clone(), self.last_map[2]
+            a, c = a_aug[:, :-1], a_aug[:, -1]
+            a[cols, torch.arange(len(cols))] += 1.0
+            w = torch.einsum("oc...,ck->ok...", w0, a)[rows]
+            b = b0[rows] + torch.einsum("oc...,c->o", w0, c)[rows]
+        self._write(site, mod, w, b if offset else None)
+        self.report.sites.append(site.node)
+        self.report.accumulator_bytes = max(self.report.accumulator_bytes, used)
+
+    def _on_output(self, site: Consumer, z: list[torch.Tensor], dim: int, inputs: int) -> bool:
+        """A linear, or a 2-d conv whose window ``reconstruct`` knows (not conv1d / 3d)."""
+        if site.kind != "dense" or not (site.linear or site.window is not None):
+            return False
+        samples = sum(v.numel() // v.shape[dim] if site.linear else
+                      output_rows(v, site.window) for v in z)
+        features = int(np.prod(self.pruned.get_submodule(site.target).weight.shape[1:]))
+        return output_fit_fits(features, len(site.out_kept), inputs, samples, site.window)
+
+    def _write(self, site: Consumer, mod: torch.nn.Module, w: torch.Tensor,
+               b: torch.Tensor | None) -> None:
+        """Store the refit (the old tensors in ``before``; a new bias where there was none)."""
+        before = self.before
+        before[f"{site.target}.weight"] = mod.weight.detach().clone()
+        mod.weight.data.copy_(w.to(mod.weight.dtype))
+        if b is not None and getattr(mod, "bias", None) is None:
+            before[f"{site.target}.bias"] = None
+            mod.bias = torch.nn.Parameter(b.to(mod.weight.dtype))
+            if site.call_function:
+                self.add_bias.append(site)
+        elif b is not None:
+            before[f"{site.target}.bias"] = mod.bias.detach().clone()
+            mod.bias.data.copy_(b.to(mod.bias.dtype))
