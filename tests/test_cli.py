@@ -1,23 +1,45 @@
-"""The ``fxprune`` command, driven as a subprocess: success and error paths."""
+"""The ``fxprune`` command: success and error paths. It runs in this process (a fresh
+interpreter per call would cost ~4 s of imports each); ``tests/test_pipeline.py`` runs
+``python -m fxprune`` as a subprocess."""
 
+import contextlib
+import io
 import json
-import subprocess
-import sys
+import os
 import textwrap
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
 
 import fxprune
+from fxprune import cli
 
 SPEC = "torchvision:resnet18?num_classes=10"
 SMALL = ["--input-shape", "1,3,64,64"]
 
 
-def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "fxprune.cli", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=600)
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run(*args, cwd=None) -> Result:
+    """``fxprune ARGS`` as the console script runs it: exit code, stdout and stderr."""
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    try:
+        os.chdir(cwd or here)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main([str(a) for a in args])
+            except SystemExit as exc:  # argparse: usage errors and --help
+                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    finally:
+        os.chdir(here)
+    return Result(code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="module")
