@@ -298,3 +298,19 @@ def test_data_importances_say_what_they_need():
         fxprune.compress(model, x, compensate="lstsq")
     with pytest.raises(ValueError, match="compensate="):
         fxprune.compress(model, x, compensate="magic", calibration=[x])
+
+
+@pytest.mark.parametrize("method", ["lstsq", "mean"])
+def test_a_consumer_whose_fit_is_not_finite_keeps_its_plain_pruning(method):
+    """Calibration data with an overflow poisons the moments: every consumer is skipped and
+    reported, and the model is the plain (verified) rewrite, with no NaN written."""
+    model, data = _random_convnet(), _data(2)
+    data = [d.clone() for d in data]
+    data[0][0, 0, 0, 0] = float("inf")
+    p = fxprune.compress(model, data[1][:2], ratio=0.4, calibration=data, compensate=method)
+    comp = fxprune.result_of(p).report.compensation
+    assert comp.skipped and not comp.sites
+    assert {why for _, why in comp.skipped} == {"FloatingPointError: the fit is not finite"}
+    plain = fxprune.compress(model, data[1][:2], ratio=0.4)
+    assert all(torch.equal(v, plain.state_dict()[k]) for k, v in p.state_dict().items())
+    assert fxprune.verify(p).ok

@@ -144,6 +144,28 @@ def test_llama_decoder_layers_are_refitted(hf_config, tmp_path):
             assert torch.allclose(back(ids).logits, pruned(ids).logits, atol=1e-6)
 
 
+def test_a_refit_that_is_not_finite_is_not_written(monkeypatch):
+    real = reconstruct.Moments.solve
+
+    def overflow(*args, **kwargs):
+        m, used = real(*args, **kwargs)
+        return m * float("inf"), used
+
+    monkeypatch.setattr(reconstruct.Moments, "solve", overflow)
+    torch.manual_seed(0)
+    m = ConvNet().eval()
+    data = [_smooth_images(16, i) for i in range(2)]
+    p = fxprune.compress(m, data[0][:2], ratio=0.5, calibration=data, compensate="sequential")
+    comp = fxprune.result_of(p).report.compensation
+    solved = [name for name, _ in comp.skipped]
+    assert solved == ["b", "c", "fc"] and comp.sites == ["dw"]  # dw: its affine, no solve
+    assert all(why == "FloatingPointError: the refit is not finite" for _, why in comp.skipped)
+    plain = fxprune.compress(m, data[0][:2], ratio=0.5)
+    for name in solved:
+        assert torch.equal(getattr(p, name).weight, getattr(plain, name).weight)
+    assert all(torch.isfinite(t).all() for t in p.state_dict().values())
+
+
 def test_a_layer_whose_refit_fails_keeps_its_plain_pruning(monkeypatch):
     """A failure inside one layer's refit is contained to that layer: it is skipped (and
     reported), the others are refitted, and the model is still the verified rewrite there."""

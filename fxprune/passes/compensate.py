@@ -23,6 +23,7 @@ from ..analyze.elements import axis_ids
 from ..analyze.graph import ChannelGraph
 from ..analyze.layout import kept_positions
 from ..calibrate import all_reduce_fields, run_taps
+from ..errors import first_line
 
 log = logging.getLogger(__name__)
 MAX_FEATURES = 4096  # second moments are D x D: wider inputs (flatten -> linear) are skipped
@@ -168,13 +169,11 @@ def apply(pruned: fx.GraphModule, graph: ChannelGraph, sites: list[Site], stats:
         if st.count == 0:
             report.skipped.append((site.node, "no calibration samples"))
             continue
-        mu, cov = st.mean_cov()
-        a, c = solve(mu, cov, site.kept, site.removed, method, ridge)
-        w = graph.traced.tensors[f"{site.target}.weight"].detach().double()
-        w_r = w[:, torch.as_tensor(site.removed)]
-        rows = torch.as_tensor(site.out_kept)
-        dw = None if a is None else torch.einsum("or...,rk->ok...", w_r, a)[rows]
-        db = torch.einsum("or...,r->o", w_r, c)[rows]
+        try:
+            dw, db = _correction(graph, site, st, method, ridge)
+        except (RuntimeError, FloatingPointError) as exc:  # this consumer stays as pruned
+            report.skipped.append((site.node, first_line(exc)))
+            continue
         mod = pruned.get_submodule(site.target)
         before[f"{site.target}.weight"] = mod.weight.detach().clone()
         with torch.no_grad():
@@ -189,6 +188,21 @@ def apply(pruned: fx.GraphModule, graph: ChannelGraph, sites: list[Site], stats:
                 mod.bias.add_(db.to(mod.bias.dtype))
         report.sites.append(site.node)
     return before
+
+
+def _correction(graph: ChannelGraph, site: Site, st, method: str, ridge: float
+                ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The weight and bias corrections of one consumer (float64); never non-finite."""
+    mu, cov = st.mean_cov()
+    a, c = solve(mu, cov, site.kept, site.removed, method, ridge)
+    w = graph.traced.tensors[f"{site.target}.weight"].detach().double()
+    w_r = w[:, torch.as_tensor(site.removed)]
+    rows = torch.as_tensor(site.out_kept)
+    dw = None if a is None else torch.einsum("or...,rk->ok...", w_r, a)[rows]
+    db = torch.einsum("or...,r->o", w_r, c)[rows]
+    if not (torch.isfinite(db).all() and (dw is None or torch.isfinite(dw).all())):
+        raise FloatingPointError("the fit is not finite")
+    return dw, db
 
 
 def _read_bias(pruned: fx.GraphModule, site: Site) -> None:

@@ -273,6 +273,8 @@ class _Refitter:
     def _write(self, site: Consumer, mod: torch.nn.Module, w: torch.Tensor,
                b: torch.Tensor | None) -> None:
         """Store the refit (the old tensors in ``before``; a new bias where there was none)."""
+        if not (torch.isfinite(w).all() and (b is None or torch.isfinite(b).all())):
+            raise FloatingPointError("the refit is not finite")  # the layer stays as it was
         before = self.before
         before[f"{site.target}.weight"] = mod.weight.detach().clone()
         mod.weight.data.copy_(w.to(mod.weight.dtype))
